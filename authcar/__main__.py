@@ -1,0 +1,100 @@
+"""Command line: `authcar [run|check-config|demo]`; every setting is also a flag of `run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from authcar import __version__
+from authcar.config import ConfigError, LoadedSettings, Settings, env_name, load_settings, setting_docs
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also read from the environment variable shown)")
+    hints = typing.get_type_hints(Settings)
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        metavar = "BOOL" if hints[f.name] is bool else f.name.split("_")[-1].upper()
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            metavar=metavar,
+            help=f"{f.metadata['help']} [{env_name(f.name)}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authcar",
+        description="Authentication and authorization sidecar in front of an app on localhost.",
+        epilog="Without a command, `run` is assumed. Precedence: flag > AUTHCAR_* env > YAML > default.",
+    )
+    parser.add_argument("--version", action="version", version=f"authcar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    run = commands.add_parser("run", help="serve the sidecar (the default)")
+    add_setting_flags(run)
+    check = commands.add_parser(
+        "check-config", help="validate the configuration, print every problem, exit 0 or 1"
+    )
+    add_setting_flags(check)
+    commands.add_parser("settings", help="list every setting with its environment variable and default")
+    demo = commands.add_parser(
+        "demo", help="run a local demo: an upstream app and the sidecar in front of it"
+    )
+    demo.add_argument("--port", type=int, default=4180, help="public port of the demo sidecar")
+    demo.add_argument("--admin-port", type=int, default=9901, help="admin port of the demo sidecar")
+    return parser
+
+
+def load(args: argparse.Namespace) -> LoadedSettings:
+    flags: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    return load_settings(flags)
+
+
+def print_problems(error: ConfigError) -> None:
+    print(f"authcar: configuration has {len(error.problems)} problem(s):", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version")):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+
+    if args.command == "settings":
+        for name, default, help_text in setting_docs():
+            print(f"{name:<40} {default:<24} {help_text}")
+        return 0
+    if args.command == "demo":
+        from authcar.demo import run_demo
+
+        return run_demo(port=args.port, admin_port=args.admin_port)
+
+    try:
+        loaded = load(args)
+    except ConfigError as error:
+        print_problems(error)
+        return 1
+    for warning in loaded.warnings:
+        print(f"authcar: warning: {warning}", file=sys.stderr)
+    if args.command == "check-config":
+        print("authcar: configuration is valid")
+        return 0
+
+    from authcar.server import run
+
+    try:
+        return run(loaded.settings)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

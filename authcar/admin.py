@@ -1,0 +1,42 @@
+"""The admin listener: liveness, readiness with a reason per dependency, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from authcar.app import Sidecar
+
+
+def build_admin_app(sidecar: Sidecar) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        # Alive means the event loop answers; dependencies belong to readiness, not to restarts.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = await sidecar.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            generate_latest(sidecar.metrics.exposition_registry()), media_type=CONTENT_TYPE_LATEST
+        )
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": "not_found", "error_description": "no such endpoint"}, status_code=404)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+    )

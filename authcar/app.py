@@ -1,0 +1,98 @@
+"""The one object built at startup that holds everything a process needs, and the apps built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import IO, Any
+
+from starlette.applications import Starlette
+
+from authcar.admin import build_admin_app
+from authcar.config import Settings
+from authcar.gate import Gate
+from authcar.headers import HeaderRules
+from authcar.observe import AccessLog, Metrics
+from authcar.reserved import build_reserved_app
+from authcar.tls import CertificateStore
+from authcar.upstream import Upstream
+
+log = logging.getLogger("authcar")
+
+
+class Sidecar:
+    """Clients, caches and state of one process; built once, started, and closed at shutdown."""
+
+    def __init__(self, settings: Settings, *, access_stream: IO[str] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.access_log = AccessLog(settings.access_log, settings.log_format, access_stream)
+        self.upstream = Upstream(
+            settings.upstream,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+            max_connections=settings.upstream_max_connections,
+            keepalive_timeout=settings.upstream_keepalive_timeout,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.header_rules = HeaderRules(
+            settings.trusted_proxies,
+            pass_host_header=settings.pass_host_header,
+            upstream_host=self.upstream.host_header,
+        )
+        self.tls: CertificateStore | None = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.tls = CertificateStore(
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                settings.tls_client_ca_file,
+                on_event=self.tls_event,
+            )
+            self.metrics.tls_expiry.set(self.tls.not_after)
+        self.draining = False
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.public_app = Gate(self, build_reserved_app())
+        self.admin_app: Starlette = build_admin_app(self)
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        if self.tls is not None:
+            self.tasks.append(asyncio.create_task(self.tls.watch(), name="authcar-tls-watch"))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        await self.upstream.close()
+        self.access_log.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read everything that can change without a restart."""
+        if self.tls is not None:
+            self.tls.reload()
+
+    def tls_event(self, event: str, fields: dict[str, Any]) -> None:
+        ok = event == "tls_reloaded"
+        self.metrics.tls_reloads.labels(result="success" if ok else "failure").inc()
+        if ok and self.tls is not None:
+            self.metrics.tls_expiry.set(self.tls.not_after)
+        log.log(logging.INFO if ok else logging.ERROR, event, extra=fields)
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        checks: dict[str, dict[str, Any]] = {"config": {"ok": True}}
+        if self.draining:
+            checks["shutdown"] = {"ok": False, "detail": "draining after SIGTERM"}
+        problem = await self.upstream.probe()
+        checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
+        if self.tls is not None:
+            detail: dict[str, Any] = {"ok": True, "expires_in_s": int(self.tls.not_after - time.time())}
+            if not self.tls.last_reload_ok:
+                # Still serving the last good certificate: ready, but say so.
+                detail["detail"] = "the last certificate reload failed; serving the previous certificate"
+            checks["tls"] = detail
+        return checks

@@ -1,0 +1,379 @@
+"""Settings: one typed, frozen object from flags > AUTHCAR_* env > YAML (AUTHCAR_CONFIG) > defaults.
+
+Every problem found while loading is collected and reported together, so an operator fixes a broken
+ConfigMap in one round instead of one crash-loop per typo.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "AUTHCAR_"
+
+LogFormat = Literal["json", "text"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A settings field with its documentation; `secret` adds the `AUTHCAR_<NAME>_FILE` variant."""
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = setting("0.0.0.0", "public listener address (the pod's service port)")
+    port: int = setting(4180, "public listener port")
+    admin_host: str = setting("0.0.0.0", "admin listener address: probes and metrics")
+    admin_port: int = setting(9901, "admin listener port")
+    upstream: str = setting("http://127.0.0.1:8080", "the application, on localhost")
+    workers: int = setting(1, "server processes")
+
+    tls_cert_file: Path | None = setting(None, "PEM certificate chain for TLS on the public listener")
+    tls_key_file: Path | None = setting(None, "PEM private key for TLS")
+    tls_client_ca_file: Path | None = setting(None, "require client certificates signed by this CA (mTLS)")
+
+    allow_anonymous: bool = setting(
+        False, "forward requests without authentication (development only; the default is deny)"
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "networks (CIDR) whose X-Forwarded-* headers are trusted, e.g. an ingress controller's pod range"
+    )
+    reserved_prefix: str = setting("/oauth2/", "path prefix served by the sidecar itself (login endpoints)")
+    pass_host_header: bool = setting(True, "forward the client's Host header (else the upstream's host)")
+
+    max_header_bytes: int = setting(
+        32768, "largest request head (request line and headers) accepted; 431 above"
+    )
+    max_header_count: int = setting(100, "most request header fields accepted; 431 above")
+    max_body_bytes: int = setting(
+        104857600, "largest request body accepted, in bytes; 413 above; 0 = no limit"
+    )
+
+    upstream_connect_timeout: float = setting(5.0, "seconds to connect to the upstream; 502 after")
+    upstream_read_timeout: float = setting(
+        60.0, "seconds the upstream may stay silent while answering; 504 after"
+    )
+    upstream_max_connections: int = setting(512, "size of the keep-alive connection pool to the upstream")
+    upstream_keepalive_timeout: float = setting(
+        15.0, "seconds an idle pooled upstream connection is kept (keep it below the app's own idle timeout)"
+    )
+    keepalive_timeout: float = setting(75.0, "seconds an idle client connection is kept open")
+
+    shutdown_delay: float = setting(
+        0.0, "seconds to keep serving after SIGTERM while /readyz fails, so endpoints drop this pod first"
+    )
+    shutdown_grace_period: float = setting(
+        25.0,
+        "seconds in-flight requests get to finish after SIGTERM (keep below terminationGracePeriodSeconds)",
+    )
+
+    log_format: LogFormat = setting("json", "json (one object per line) or text")
+    log_level: LogLevel = setting("info", "debug, info, warning or error")
+    access_log: bool = setting(True, "one log line per request (at level info)")
+
+    config: Path | None = setting(
+        None, "YAML file with settings (lower precedence than env and flags)", flag=True
+    )
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, reported at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    warnings: tuple[str, ...]
+    sources: Mapping[str, str]  # field name -> "flag" | "env" | "yaml" | "default"
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def field_type(schema: type, name: str) -> Any:
+    return typing.get_type_hints(schema)[name]
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    schema: type[Settings] = Settings,
+) -> LoadedSettings:
+    """Resolve settings; raises ConfigError listing every problem."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    warnings: list[str] = []
+    hints = typing.get_type_hints(schema)
+    known = {f.name: f for f in fields(schema)}
+
+    raw: dict[str, tuple[str, Any]] = {}  # name -> (source, raw value)
+
+    config_path = flags.get("config") or environ.get(env_name("config"))
+    if config_path:
+        for name, value in read_yaml(Path(config_path), known, problems).items():
+            raw[name] = ("yaml", value)
+
+    env_values, env_warnings = read_environ(environ, known)
+    warnings.extend(env_warnings)
+    for name, value in env_values.items():
+        raw[name] = ("env", value)
+    for name, value in read_secret_files(environ, known, problems).items():
+        raw[name] = ("env", value)
+    for name, value in flags.items():
+        if name not in known:
+            problems.append(f"unknown option --{name.replace('_', '-')}")
+            continue
+        raw[name] = ("flag", value)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in known:
+        if name not in raw:
+            sources[name] = "default"
+            continue
+        source, value = raw[name]
+        sources[name] = source
+        try:
+            values[name] = coerce(value, hints[name])
+        except ValueError as exc:
+            origin = {"flag": f"--{name.replace('_', '-')}", "env": env_name(name), "yaml": f"{name} (YAML)"}
+            problems.append(f"{origin[source]}: {exc}")
+
+    if problems:
+        raise ConfigError(problems)
+    settings = schema(**values)
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return LoadedSettings(settings=settings, warnings=tuple(warnings), sources=sources)
+
+
+def read_yaml(path: Path, known: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"{env_name('config')}: cannot read {path}: {exc.strerror}")
+        return {}
+    except yaml.YAMLError as exc:
+        problems.append(f"{env_name('config')}: {path} is not valid YAML: {exc}")
+        return {}
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        problems.append(f"{env_name('config')}: {path} must hold a mapping of settings")
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            problems.append(f"{path}: unknown setting {key!r}")
+            continue
+        values[name] = value
+    return values
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Kubernetes injects <SERVICE>_PORT=tcp://ip:port and friends for a Service named 'authcar'."""
+    if name.startswith(ENV_PREFIX + "SERVICE_") or name.startswith(ENV_PREFIX + "PORT_"):
+        return True
+    return name == env_name("port") and value.startswith("tcp://")
+
+
+def read_environ(environ: Mapping[str, str], known: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    values: dict[str, str] = {}
+    warnings: list[str] = []
+    secret_files = {env_name(n) + "_FILE" for n, f in known.items() if f.metadata.get("secret")}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in secret_files:
+            continue
+        if is_service_link(key, value):
+            if key == env_name("port"):
+                warnings.append(
+                    f"ignoring {key}={value}: it was injected by a Kubernetes Service named 'authcar'; "
+                    "set enableServiceLinks: false in the pod spec"
+                )
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in known:
+            warnings.append(f"ignoring unknown environment variable {key}")
+            continue
+        values[name] = value
+    return values, warnings
+
+
+def read_secret_files(
+    environ: Mapping[str, str], known: Mapping[str, Any], problems: list[str]
+) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, f in known.items():
+        if not f.metadata.get("secret"):
+            continue
+        file_var = env_name(name) + "_FILE"
+        if file_var not in environ:
+            continue
+        if env_name(name) in environ:
+            problems.append(f"{env_name(name)} and {file_var} are both set; use one")
+            continue
+        try:
+            # Secrets mounted from Kubernetes often end with a newline the owner never meant.
+            values[name] = Path(environ[file_var]).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"{file_var}: cannot read {environ[file_var]}: {exc.strerror}")
+    return values
+
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """Turn a raw env/YAML/flag value into the annotated type, or raise ValueError with a reason."""
+    origin = get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        return coerce(value, inner[0])
+    if origin is Literal:
+        choices = get_args(hint)
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+    if origin is tuple:
+        if isinstance(value, str):
+            items = [part.strip() for part in value.split(",")]
+        elif isinstance(value, list | tuple):
+            items = [str(part).strip() for part in value]
+        else:
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(item for item in items if item)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+        raise ValueError(f"{value!r} is not a boolean (true/false)")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number") from None
+    if hint is float:
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+    if hint is Path:
+        return Path(str(value).strip())
+    if hint is str:
+        if isinstance(value, dict | list):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        return str(value).strip()
+    raise ValueError(f"unsupported setting type {hint!r}")  # a bug in the schema, not in the input
+
+
+def validate(s: Settings) -> list[str]:
+    """Cross-field and semantic checks; returns every problem found."""
+    problems: list[str] = []
+    for name in ("port", "admin_port"):
+        port = getattr(s, name)
+        if not 0 <= port <= 65535:
+            problems.append(f"{env_name(name)}: {port} is not a TCP port (0-65535)")
+    if s.port == s.admin_port and s.port != 0 and s.host == s.admin_host:
+        problems.append(f"{env_name('port')} and {env_name('admin_port')} are both {s.port}")
+    if s.workers < 1:
+        problems.append(f"{env_name('workers')}: must be at least 1")
+
+    upstream = urlsplit(s.upstream)
+    if upstream.scheme not in ("http", "https") or not upstream.hostname:
+        problems.append(
+            f"{env_name('upstream')}: {s.upstream!r} is not an http:// or https:// URL with a host"
+        )
+    elif upstream.query or upstream.fragment or upstream.username:
+        problems.append(f"{env_name('upstream')}: must not carry a query, fragment or credentials")
+    else:
+        try:
+            upstream.port  # noqa: B018 - raises on an out-of-range port
+        except ValueError:
+            problems.append(f"{env_name('upstream')}: {s.upstream!r} has an invalid port")
+
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        problems.append(f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} must be set together")
+    if s.tls_client_ca_file is not None and s.tls_cert_file is None:
+        problems.append(f"{env_name('tls_client_ca_file')} needs TLS ({env_name('tls_cert_file')}) to be set")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            problems.append(f"{env_name(name)}: {path} does not exist or is not a file")
+
+    for network in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(
+                f"{env_name('trusted_proxies')}: {network!r} is not an IP address or CIDR network"
+            )
+
+    if not (
+        s.reserved_prefix.startswith("/") and s.reserved_prefix.endswith("/") and len(s.reserved_prefix) > 2
+    ):
+        problems.append(f"{env_name('reserved_prefix')}: must look like /name/ (got {s.reserved_prefix!r})")
+
+    positive = (
+        "max_header_bytes",
+        "max_header_count",
+        "upstream_connect_timeout",
+        "upstream_read_timeout",
+        "upstream_max_connections",
+        "upstream_keepalive_timeout",
+        "keepalive_timeout",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            problems.append(f"{env_name(name)}: must be greater than 0")
+    for name in ("max_body_bytes", "shutdown_delay", "shutdown_grace_period"):
+        if getattr(s, name) < 0:
+            problems.append(f"{env_name(name)}: must not be negative")
+    if s.max_header_bytes < 1024:
+        problems.append(f"{env_name('max_header_bytes')}: below 1024 bytes no real client gets through")
+    return problems
+
+
+def setting_docs(schema: type[Settings] = Settings) -> list[tuple[str, str, str]]:
+    """(env name, default, help) for each setting: feeds `--help` and the README table."""
+    rows = []
+    for f in fields(schema):
+        default = "" if f.default is MISSING else f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        shown = (
+            "unset"
+            if default is None or default == ""
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        rows.append((env_name(f.name), shown, f.metadata["help"]))
+    return rows

@@ -1,0 +1,152 @@
+"""Outcomes that stop a request, as types, rendered to the client in one place.
+
+The body is always JSON `{"error", "error_description", "request_id"}`; nothing in it comes from
+the upstream or from secrets, so an error can never leak identity data or key material.
+"""
+
+from __future__ import annotations
+
+import json
+
+from authcar.types import Headers, Send
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+    description = "the request could not be handled"
+
+    def __init__(self, description: str | None = None, *, code: str | None = None) -> None:
+        if description is not None:
+            self.description = description
+        if code is not None:
+            self.code = code
+        super().__init__(self.description)
+
+    def extra_headers(self) -> Headers:
+        return []
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+    description = "the request is malformed"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+    description = "authentication is required"
+
+    def __init__(
+        self, description: str | None = None, *, code: str | None = None, token_error: str | None = None
+    ) -> None:
+        super().__init__(description, code=code)
+        # RFC 6750 §3.1: no `error` attribute when the request carried no token at all.
+        self.token_error = token_error
+
+    def extra_headers(self) -> Headers:
+        challenge = 'Bearer realm="authcar"'
+        if self.token_error:
+            challenge += f', error="{self.token_error}", error_description="{quote(self.description)}"'
+        return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+    description = "the request is not allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+    description = "no such endpoint"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "body_too_large"
+    description = "the request body is larger than allowed"
+
+
+class URITooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    description = "the request target is longer than allowed"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+    description = "the request headers are larger than allowed"
+
+
+class BadGateway(GatewayError):
+    status = 502
+    code = "upstream_unavailable"
+    description = "the application could not be reached"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "unavailable"
+    description = "the sidecar is not ready"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+    description = "the application did not answer in time"
+
+
+def quote(text: str) -> str:
+    """Make text safe inside an RFC 7230 quoted-string in a header."""
+    return "".join(c for c in text if c.isprintable() and c not in '"\\')[:200]
+
+
+def error_body(error: GatewayError, request_id: str) -> bytes:
+    return json.dumps(
+        {"error": error.code, "error_description": error.description, "request_id": request_id},
+        separators=(",", ":"),
+    ).encode()
+
+
+def error_headers(error: GatewayError, body: bytes, request_id: str, *, close: bool = False) -> Headers:
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-request-id", request_id.encode()),
+        *error.extra_headers(),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+async def send_error(send: Send, error: GatewayError, request_id: str, *, head: bool = False) -> int:
+    """Answer with the error; returns the number of body bytes sent."""
+    body = error_body(error, request_id)
+    # Closing after a 4xx for a body we did not read keeps the connection from desynchronising.
+    close = error.status in (400, 413, 414, 431)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": error_headers(error, body, request_id, close=close),
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
+    return 0 if head else len(body)
+
+
+def raw_error_response(error: GatewayError, request_id: str) -> bytes:
+    """A complete HTTP/1.1 response, for errors found before there is an ASGI request."""
+    body = error_body(error, request_id)
+    reason = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}.get(
+        error.status, b"Error"
+    )
+    lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
+    lines += [name + b": " + value for name, value in error_headers(error, body, request_id, close=True)]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -1,0 +1,212 @@
+"""The request pipeline: every request on the public listener passes through `Gate.__call__`.
+
+    1. frame     request id, header rules (hop-by-hop, identity headers, X-Forwarded-*), body limits
+    2. route     reserved endpoints (/oauth2/*, /.well-known/authcar/*) go to the sidecar's own app
+    3. authn     who is calling (until authenticators exist: anonymous when allowed, else 401)
+    4. authz     may they do this (policy engine: a later stage)
+    5. inject    identity headers (a later stage)
+    6. forward   to the upstream, streaming; WebSockets bridged
+    7. record    one access-log line and the metrics
+
+Any exception before forwarding becomes an error answer: authentication or authorization failures
+deny, everything else is a 502. Nothing ever answers with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from authcar.errors import (
+    BadGateway,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    Unauthorized,
+    send_error,
+)
+from authcar.headers import Framed, new_request_id
+from authcar.identity import ANONYMOUS, Identity
+from authcar.observe import format_time
+from authcar.types import ASGIApp, Receive, Scope, Send
+from authcar.upstream import Exchange
+
+if TYPE_CHECKING:
+    from authcar.app import Sidecar
+
+log = logging.getLogger("authcar.gate")
+
+WELL_KNOWN_PREFIX = "/.well-known/authcar/"
+
+
+class Gate:
+    """The public listener's ASGI app."""
+
+    def __init__(self, sidecar: Sidecar, reserved_app: ASGIApp) -> None:
+        self.sidecar = sidecar
+        self.settings = sidecar.settings
+        self.reserved_app = reserved_app
+        self.reserved_prefixes = (self.settings.reserved_prefix, WELL_KNOWN_PREFIX)
+        self.max_header_bytes = self.settings.max_header_bytes
+        self.max_body_bytes = self.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            await self.handle(scope, receive, send, websocket=kind == "websocket")
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, *, websocket: bool) -> None:
+        sidecar = self.sidecar
+        started = time.perf_counter()
+        exchange = Exchange()
+        decision = "error"
+        identity: Identity = ANONYMOUS
+        request_id = ""
+        metrics = sidecar.metrics
+        metrics.in_flight.inc()
+        try:
+            # 1. frame
+            framed = self.frame(scope)
+            request_id = framed.request_id
+
+            # 2. route
+            path: str = scope["path"]
+            if path.startswith(self.reserved_prefixes):
+                decision = "sidecar"
+                await self.reserved_app(scope, receive, send)
+                exchange.status = 200
+                return
+
+            # 3. authn
+            identity = self.authenticate(scope, framed)
+            decision = "anonymous" if identity.is_anonymous else "allow"
+
+            # 4. authz, 5. inject: later stages.
+
+            # 6. forward
+            if websocket:
+                await sidecar.upstream.forward_websocket(scope, receive, send, framed.headers, exchange)
+            else:
+                has_body = framed.chunked or bool(framed.content_length)
+                await sidecar.upstream.forward(
+                    scope, receive, send, framed.headers, request_id.encode(), has_body, exchange
+                )
+            if exchange.error:
+                metrics.upstream_errors.labels(kind=exchange.error).inc()
+        except GatewayError as error:
+            exchange.status = error.status
+            if decision in ("allow", "anonymous"):
+                decision = "error"
+            if isinstance(error, Unauthorized):
+                decision = "deny"
+            if exchange.error:
+                metrics.upstream_errors.labels(kind=exchange.error).inc()
+            exchange.bytes_out = await self.reject(
+                scope, send, error, request_id or new_request_id(), websocket
+            )
+        except Exception:
+            # A bug, not a verdict: never let it through as a 500 with a traceback.
+            log.exception("unhandled error in the gate", extra={"request_id": request_id})
+            exchange.status = 502
+            decision = "error"
+            error = BadGateway("the sidecar failed to handle the request", code="internal_error")
+            exchange.bytes_out = await self.reject(
+                scope, send, error, request_id or new_request_id(), websocket
+            )
+        finally:
+            metrics.in_flight.dec()
+            duration = time.perf_counter() - started
+            # 7. record
+            status = exchange.status or (499 if exchange.client_gone else 0)
+            metrics.count_request(status, decision)
+            metrics.request_duration.observe(duration)
+            if exchange.upstream_seconds:
+                metrics.upstream_duration.observe(exchange.upstream_seconds)
+            self.record(scope, request_id, status, decision, identity, exchange, duration)
+
+    def frame(self, scope: Scope) -> Framed:
+        raw_headers = scope["headers"]
+        # The protocol enforces the limit while parsing; this catches any other server we run under.
+        if len(raw_headers) > self.settings.max_header_count:
+            raise HeadersTooLarge("too many request headers")
+        framed = self.sidecar.header_rules.frame(
+            raw_headers, scope.get("client"), scope.get("scheme", "http")
+        )
+        if (
+            self.max_body_bytes
+            and framed.content_length is not None
+            and framed.content_length > self.max_body_bytes
+        ):
+            raise PayloadTooLarge()
+        return framed
+
+    def authenticate(self, scope: Scope, framed: Framed) -> Identity:
+        if self.settings.allow_anonymous:
+            return ANONYMOUS
+        raise Unauthorized("no authentication method is configured for this request", code="no_credentials")
+
+    async def reject(
+        self, scope: Scope, send: Send, error: GatewayError, request_id: str, websocket: bool
+    ) -> int:
+        """Answer with the error, over HTTP or as a refused WebSocket handshake."""
+        if websocket:
+            return await send_error(wrap_websocket_send(send), error, request_id)
+        try:
+            return await send_error(send, error, request_id, head=scope.get("method") == "HEAD")
+        except RuntimeError:
+            # The response had already started (e.g. a bug after the status line): nothing left to say.
+            return 0
+
+    def record(
+        self,
+        scope: Scope,
+        request_id: str,
+        status: int,
+        decision: str,
+        identity: Identity,
+        exchange: Exchange,
+        duration: float,
+    ) -> None:
+        access_log = self.sidecar.access_log
+        if not access_log.enabled:
+            return
+        client = scope.get("client")
+        entry: dict[str, Any] = {
+            "time": format_time(time.time()),
+            "request_id": request_id,
+            "client": client[0] if client else "",
+            "method": scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
+            "path": scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
+            "status": status,
+            "bytes_in": exchange.bytes_in,
+            "bytes_out": exchange.bytes_out,
+            "duration_ms": round(duration * 1000, 3),
+            "upstream_ms": round(exchange.upstream_seconds * 1000, 3),
+            "decision": decision,
+            "subject": identity.subject,
+        }
+        if exchange.error:
+            entry["upstream_error"] = exchange.error
+        access_log.write(entry)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        # The server drives start and stop of the sidecar itself; a lifespan from elsewhere is a no-op.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def wrap_websocket_send(send: Send) -> Send:
+    """Turn http.response.* messages into the WebSocket denial-response extension's messages."""
+
+    async def websocket_send(message: dict[str, Any]) -> None:  # type: ignore[override]
+        await send({**message, "type": "websocket." + message["type"]})
+
+    return websocket_send

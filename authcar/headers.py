@@ -1,0 +1,239 @@
+"""Request and response header rules: what the client may send on, and what the sidecar sets.
+
+Names arrive lower-cased from the server. Identity headers are compared after folding `_` and `.`
+to `-`, because some application frameworks treat `X_Auth_Request_User` as `X-Auth-Request-User`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from authcar.errors import BadRequest
+from authcar.types import Headers
+
+# RFC 9110 §7.6.1 plus the legacy ones proxies have always dropped.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# The server already answered `Expect: 100-continue`; the upstream must not wait for it again.
+# `host` is re-set explicitly; the forwarding family is re-derived below.
+REQUEST_DROP = HOP_BY_HOP | {b"expect", b"host"}
+
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
+
+# Headers whose only purpose is to tell the application who the caller is. Only the sidecar may set
+# them; whatever the client sent under these names (in any spelling) is removed.
+IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-")
+IDENTITY_NAMES = frozenset(
+    {
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
+        b"x-forwarded-access-token",
+        b"x-remote-user",
+        b"remote-user",
+        b"x-user",
+        b"x-email",
+        b"x-userinfo",
+        b"x-id-token",
+        b"x-access-token",
+        # Path-override headers: frameworks that honour them would route on a path the policy never saw.
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-envoy-original-path",
+    }
+)
+
+RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
+
+REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def fold_name(name: bytes) -> bytes:
+    return name.replace(b"_", b"-").replace(b".", b"-")
+
+
+def is_identity_header(name: bytes) -> bool:
+    folded = fold_name(name)
+    return folded in IDENTITY_NAMES or folded.startswith(IDENTITY_PREFIXES)
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Header names the client listed in `Connection`: hop-by-hop for this one hop only."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Framed:
+    """What the gate learns from a request's headers, once."""
+
+    headers: list[tuple[str, str]]  # to send upstream, identity and hop-by-hop headers removed
+    request_id: str
+    host: str
+    client_ip: str  # the real client as far as trusted proxies tell
+    content_length: int | None
+    chunked: bool
+
+
+class HeaderRules:
+    """Applies the header rules for one configuration; built once at startup."""
+
+    def __init__(self, trusted_proxies: Iterable[str], *, pass_host_header: bool, upstream_host: str) -> None:
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+        self.pass_host_header = pass_host_header
+        self.upstream_host = upstream_host
+
+    def is_trusted(self, address: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def frame(self, raw: Headers, client: tuple[str, int] | None, scheme: str) -> Framed:
+        """Split the client's headers into what goes upstream and what the gate needs to know."""
+        peer = client[0] if client else ""
+        trusted = self.is_trusted(peer)
+        request_id = ""
+        host = ""
+        content_length: int | None = None
+        chunked = False
+        connection: list[bytes] = []
+        forwarded: dict[bytes, bytes] = {}
+        kept: list[tuple[bytes, bytes]] = []
+
+        for name, value in raw:
+            if name in REQUEST_DROP:
+                if name == b"connection":
+                    connection.append(value)
+                elif name == b"transfer-encoding":
+                    # The server's parser has already de-chunked the body; we re-frame it ourselves.
+                    chunked = True
+                elif name == b"host":
+                    if host:
+                        raise BadRequest("more than one Host header", code="bad_host")
+                    host = value.decode("latin-1")
+                continue
+            if name == b"content-length":
+                length = parse_content_length(value)
+                if content_length is not None and length != content_length:
+                    raise BadRequest("conflicting Content-Length headers", code="bad_content_length")
+                if content_length is not None:
+                    continue  # identical duplicate: forward one
+                content_length = length
+            elif name == b"x-request-id":
+                if not request_id and REQUEST_ID_PATTERN.fullmatch(value):
+                    request_id = value.decode("ascii")
+                continue
+            elif name in FORWARDING:
+                if trusted:
+                    # Several values are joined, as RFC 9110 allows for list headers.
+                    forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
+                continue
+            elif is_identity_header(name):
+                continue
+            kept.append((name, value))
+
+        if content_length is not None and chunked:
+            # RFC 9112 §6.3: both present is a smuggling attempt; the parser should have refused it.
+            raise BadRequest("both Content-Length and Transfer-Encoding", code="ambiguous_body_length")
+
+        # Connection may name headers to drop, but never the ones the sidecar sets itself.
+        named = connection_tokens(connection)
+        if named:
+            kept = [(n, v) for n, v in kept if n not in named]
+
+        client_ip = peer
+        if trusted and b"x-forwarded-for" in forwarded:
+            chain = forwarded[b"x-forwarded-for"].decode("latin-1")
+            xff = f"{chain}, {peer}"
+            client_ip = self.real_client(chain, peer)
+        else:
+            xff = peer
+        proto = forwarded.get(b"x-forwarded-proto", b"").decode("latin-1") if trusted else ""
+        fwd_host = forwarded.get(b"x-forwarded-host", b"").decode("latin-1") if trusted else ""
+
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept]
+        headers.append(("host", host if (self.pass_host_header and host) else self.upstream_host))
+        if xff:
+            headers.append(("x-forwarded-for", xff))
+        headers.append(("x-forwarded-proto", proto or scheme))
+        if fwd_host or host:
+            headers.append(("x-forwarded-host", fwd_host or host))
+        if trusted and b"forwarded" in forwarded:
+            headers.append(("forwarded", forwarded[b"forwarded"].decode("latin-1")))
+        request_id = request_id or new_request_id()
+        headers.append(("x-request-id", request_id))
+        return Framed(
+            headers=headers,
+            request_id=request_id,
+            host=host,
+            client_ip=client_ip,
+            content_length=content_length,
+            chunked=chunked,
+        )
+
+    def real_client(self, chain: str, peer: str) -> str:
+        """The right-most address in X-Forwarded-For that is not one of our trusted proxies."""
+        hops = [hop.strip() for hop in chain.split(",") if hop.strip()] + [peer]
+        for hop in reversed(hops):
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0]
+
+
+def parse_content_length(value: bytes) -> int:
+    text = value.strip()
+    if not text.isdigit() or len(text) > 19:
+        raise BadRequest("invalid Content-Length", code="bad_content_length")
+    return int(text)
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes) -> Headers:
+    """Upstream response headers minus hop-by-hop ones (and those the upstream named in Connection)."""
+    named: frozenset[bytes] = frozenset()
+    out: Headers = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower == b"connection":
+            named = named | connection_tokens((value,))
+        if lower in RESPONSE_DROP:
+            continue
+        out.append((lower, value))
+    if named:
+        out = [(n, v) for n, v in out if n not in named]
+    out.append((b"x-request-id", request_id))
+    return out

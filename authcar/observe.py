@@ -1,0 +1,221 @@
+"""Logs and metrics.
+
+Events (startup, reloads, shutdown) go through `logging` with a JSON formatter. The per-request access
+line bypasses `logging`: it is one `json.dumps` into a buffer flushed every half second (as Envoy's
+access log does), because a logging call per request costs as much as a tenth of the forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from authcar import __version__
+
+EVENT_LOGGER = "authcar"
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+# Attributes every LogRecord has; anything else passed in `extra=` becomes a field of the JSON line.
+STANDARD_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": format_time(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in STANDARD_RECORD_FIELDS and not key.startswith("_") and key != "color_message":
+                entry[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error_type"] = record.exc_info[0].__name__
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in STANDARD_RECORD_FIELDS and not k.startswith("_") and k != "color_message"
+        )
+        line = f"{format_time(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{line} {extras}" if extras else line
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def format_time(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+def configure_logging(log_format: str, level: str, stream: IO[str] | None = None) -> None:
+    """Route authcar's and uvicorn's loggers to one handler in the chosen format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # uvicorn's own access log would duplicate ours; its "Exception in ASGI application" lines stay.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class AccessLog:
+    """One line per request, buffered and flushed on a timer and at shutdown."""
+
+    def __init__(
+        self, enabled: bool, log_format: str, stream: IO[str] | None = None, flush_interval: float = 0.5
+    ):
+        self.enabled = enabled
+        self.json = log_format == "json"
+        self.stream = stream or sys.stdout
+        self.flush_interval = flush_interval
+        self.buffer: list[str] = []
+        self.flush_handle: asyncio.TimerHandle | None = None
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.json:
+            line = json.dumps(entry, separators=(",", ":"), default=str)
+        else:
+            line = (
+                f"{entry['time']} {entry['client']} {entry['method']} {entry['path']} {entry['status']} "
+                f"{entry['bytes_out']}B {entry['duration_ms']}ms id={entry['request_id']} "
+                f"decision={entry.get('decision', '-')}"
+            )
+        self.buffer.append(line)
+        if self.flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self.flush_handle = loop.call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        self.flush_handle = None
+        if not self.buffer:
+            return
+        lines, self.buffer = self.buffer, []
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stdout must not take requests down with it
+
+    def close(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        self.flush()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric authcar exports, registered on its own registry (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_dir() is not None
+        r = self.registry
+        self.requests = Counter(
+            "authcar_requests",
+            "Requests answered, by status code and decision",
+            ["status", "decision"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "authcar_request_duration_seconds",
+            "Whole request time in the sidecar, until the last byte of the answer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "authcar_upstream_response_seconds",
+            "Time from sending the request upstream until its response headers arrived",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "authcar_in_flight_requests",
+            "Requests being handled now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_errors = Counter(
+            "authcar_upstream_errors", "Failures talking to the upstream, by kind", ["kind"], registry=r
+        )
+        self.tls_reloads = Counter(
+            "authcar_tls_reloads", "Certificate reloads, by result", ["result"], registry=r
+        )
+        self.tls_expiry = Gauge(
+            "authcar_tls_certificate_expiry_timestamp_seconds",
+            "Expiry (unix time) of the certificate being served",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.info = Gauge(
+            "authcar_build_info", "Version of authcar", ["version"], registry=r, multiprocess_mode="max"
+        )
+        self.info.labels(version=__version__).set(1)
+        # Label lookups take a lock and a dict hit; the hot path reuses the children.
+        self.request_children: dict[tuple[int, str], Any] = {}
+
+    def count_request(self, status: int, decision: str) -> None:
+        child = self.request_children.get((status, decision))
+        if child is None:
+            child = self.requests.labels(status=str(status), decision=decision)
+            self.request_children[(status, decision)] = child
+        child.inc()
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics renders: this process's registry, or all workers' files in multiprocess mode."""
+        if not self.multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry

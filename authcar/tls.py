@@ -1,0 +1,415 @@
+"""TLS termination for the public listener, with certificate hot reload and optional mTLS.
+
+The server is handed one `ssl.SSLContext` (``CertificateStore.context``) for its whole life.
+Rotation works by building a complete, validated replacement context off to the side and
+switching each new connection onto it from the SNI callback, which OpenSSL runs for every
+ClientHello -- including ones without a server_name extension.
+
+Two OpenSSL details shape the design:
+
+* ``SSL_set_SSL_CTX`` (what ``ssl_object.context = ...`` does) swaps the certificate/key and the
+  trust store, but the verify mode, options, protocol range and cipher list stay those of the
+  context the connection started on. So every context built here gets identical settings and
+  the same client-CA bundle; otherwise a rotation could silently turn mTLS off or reject every
+  client.
+* ``load_cert_chain`` only accepts file paths. We read the files once, validate those exact bytes
+  with ``cryptography`` and feed the same bytes to OpenSSL through an anonymous in-memory file,
+  so a rotation that lands mid-reload cannot mix an old certificate with a new key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+__all__ = ["CertificateStore", "ClientCertificate", "EventSink", "TLSConfigError", "client_certificate"]
+
+EventSink = Callable[[str, dict[str, object]], None]
+
+# TLS 1.2 suites: forward secrecy + AEAD only. TLS 1.3 suites are all AEAD and configured separately.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+ALPN_PROTOCOLS = ("http/1.1",)
+# SAN types that carry an identity expressible as a plain string.
+_STRING_SAN_TYPES = (x509.DNSName, x509.UniformResourceIdentifier, x509.RFC822Name, x509.IPAddress)
+
+_log = logging.getLogger(__name__)
+
+
+class TLSConfigError(Exception):
+    """The certificate, key or client-CA files cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    subject: str  # RFC 4514, e.g. "CN=svc-a,O=acme"
+    common_name: str | None
+    sans: tuple[str, ...]  # DNS names, URIs, emails and IPs, in certificate order
+    issuer: str  # RFC 4514
+    serial: str  # hex
+    not_after: float  # unix time
+    fingerprint_sha256: str  # hex
+
+
+@dataclass(frozen=True)
+class _Material:
+    """A validated server context plus what we report about its certificate."""
+
+    context: ssl.SSLContext
+    subject: str
+    serial: str
+    not_after: float
+    fingerprint_sha256: str
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The raw bytes of one read of the configured files."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None
+
+    def digest(self) -> str:
+        # Length-prefixed so that moving bytes between files changes the digest.
+        h = hashlib.sha256()
+        for blob in (self.cert, self.key, self.client_ca):
+            h.update(b"-" if blob is None else len(blob).to_bytes(8, "big") + blob)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where the certificate, key and optional client-CA bundle live."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+
+    def read(self) -> _Files:
+        ca = self.client_ca_file
+        return _Files(
+            cert=_read_file(self.cert_file, "certificate"),
+            key=_read_file(self.key_file, "private key"),
+            client_ca=_read_file(ca, "client CA") if ca is not None else None,
+        )
+
+    def watch_dirs(self) -> list[str]:
+        # abspath, not resolve(): resolving would follow ..data into a directory that gets deleted.
+        files = [self.cert_file, self.key_file, self.client_ca_file]
+        return sorted({os.path.dirname(os.path.abspath(f)) for f in files if f is not None})
+
+
+class CertificateStore:
+    """Owns the server TLS context and keeps it in step with the certificate files on disk."""
+
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        client_ca_file: Path | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        ca_file = Path(client_ca_file) if client_ca_file is not None else None
+        self._sources = _Sources(Path(cert_file), Path(key_file), ca_file)
+        self._on_event = on_event or _log_event
+        files = self._sources.read()
+        self._current = _build_material(self._sources, files)
+        self._attempted = files.digest()
+        self._last_reload_ok = True
+        # The first context is the one the server keeps; it only routes handshakes to the newest.
+        self._base = self._current.context
+        self._base.sni_callback = self._select_context
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._base
+
+    @property
+    def last_reload_ok(self) -> bool:
+        return self._last_reload_ok
+
+    @property
+    def not_after(self) -> float:
+        return self._current.not_after
+
+    def reload(self) -> bool:
+        """Re-read the files and switch new handshakes to them if they are valid.
+
+        Returns True only when a new context was swapped in. Content identical to the last attempt
+        (good or bad) is a no-op without an event, so polling cannot flood the log.
+        """
+        try:
+            files = self._sources.read()
+        except TLSConfigError as exc:
+            return self._reload_failed(str(exc), attempt=f"read-error:{exc}")
+        attempt = files.digest()
+        if attempt == self._attempted:
+            return False
+        try:
+            material = _build_material(self._sources, files)
+        except Exception as exc:  # whatever goes wrong, the old certificate must keep serving
+            message = str(exc) if isinstance(exc, TLSConfigError) else f"{type(exc).__name__}: {exc}"
+            return self._reload_failed(message, attempt=attempt)
+        self._attempted = attempt
+        self._current = material
+        self._last_reload_ok = True
+        self._emit(
+            "tls_reloaded",
+            {
+                "cert_file": str(self._sources.cert_file),
+                "subject": material.subject,
+                "serial": material.serial,
+                "not_after": material.not_after,
+                "fingerprint_sha256": material.fingerprint_sha256,
+            },
+        )
+        return True
+
+    async def watch(
+        self,
+        stop_event: asyncio.Event | None = None,
+        *,
+        poll_interval: float = 30.0,
+        settle_ms: int = 200,
+    ) -> None:
+        """Reload whenever the directories holding the files change, until stop_event is set.
+
+        The parent directories are watched, not the files: a Kubernetes Secret update swaps the
+        ``..data`` symlink, which replaces directory entries and never writes to the old files.
+        Every ``poll_interval`` seconds without events we reload anyway (a no-op when nothing
+        changed) to cover layouts inotify cannot follow; if watching fails we only poll.
+        """
+        stop = stop_event if stop_event is not None else asyncio.Event()
+        try:
+            async for _changes in watchfiles.awatch(
+                *self._sources.watch_dirs(),
+                watch_filter=None,  # the default filter is for source trees; every entry matters here
+                recursive=False,
+                step=settle_ms,
+                debounce=max(2_000, settle_ms),
+                rust_timeout=max(1, round(poll_interval * 1000)),
+                yield_on_timeout=True,
+                stop_event=stop,
+            ):
+                self.reload()
+        except (OSError, RuntimeError) as exc:  # directory gone, inotify limits exhausted, ...
+            self._emit("tls_watch_degraded", {"error": str(exc), "poll_interval": poll_interval})
+            await self._poll(stop, poll_interval)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _select_context(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _base: ssl.SSLContext
+    ) -> None:
+        # OpenSSL calls this for every ClientHello, with server_name None when the client sent no SNI.
+        current = self._current.context
+        if ssl_object.context is not current:
+            ssl_object.context = current
+
+    def _reload_failed(self, error: str, attempt: str) -> bool:
+        self._last_reload_ok = False
+        if attempt != self._attempted:
+            self._attempted = attempt
+            self._emit("tls_reload_failed", {"cert_file": str(self._sources.cert_file), "error": error})
+        return False
+
+    async def _poll(self, stop: asyncio.Event, interval: float) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if not stop.is_set():
+                self.reload()
+
+    def _emit(self, event: str, fields: dict[str, object]) -> None:
+        # A broken sink must not break reloading (or kill the watcher).
+        try:
+            self._on_event(event, fields)
+        except Exception:
+            _log.exception("TLS event sink failed for %s", event)
+
+
+def client_certificate(ssl_object: ssl.SSLObject | None) -> ClientCertificate | None:
+    """Describe the verified client certificate of a connection, or None if there is none.
+
+    Returns None on contexts that do not verify clients: an unverified certificate proves nothing.
+    Raises ValueError if a verified certificate cannot be parsed (fail closed rather than anonymous).
+    """
+    if ssl_object is None or ssl_object.context.verify_mode == ssl.CERT_NONE:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    return ClientCertificate(
+        subject=cert.subject.rfc4514_string(),
+        common_name=_common_name(cert),
+        sans=_string_sans(cert),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=_serial_hex(cert),
+        not_after=cert.not_valid_after_utc.timestamp(),
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+# -- building and validating a context ---------------------------------------------------------
+
+
+def _build_material(sources: _Sources, files: _Files) -> _Material:
+    chain = _parse_certificates(sources.cert_file, files.cert, "certificate")
+    leaf = chain[0]
+    _check_key_matches(sources.key_file, files.key, sources.cert_file, leaf)
+    ca_certs = None
+    if sources.client_ca_file is not None and files.client_ca is not None:
+        ca_certs = _parse_certificates(sources.client_ca_file, files.client_ca, "client CA")
+    return _Material(
+        context=_new_server_context(sources, files, ca_certs),
+        subject=leaf.subject.rfc4514_string(),
+        serial=_serial_hex(leaf),
+        not_after=leaf.not_valid_after_utc.timestamp(),
+        fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def _new_server_context(
+    sources: _Sources, files: _Files, ca_certs: list[x509.Certificate] | None
+) -> ssl.SSLContext:
+    # Every context gets exactly these settings: connections keep the verify mode, options and
+    # protocol range of the base context even after being switched to a newer one.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    try:
+        with _in_memory_file(files.cert) as cert_path, _in_memory_file(files.key) as key_path:
+            ctx.load_cert_chain(cert_path, key_path, password=_refuse_password)
+    except ssl.SSLError as exc:
+        pair = f"{sources.cert_file} / {sources.key_file}"
+        raise TLSConfigError(f"{pair}: OpenSSL rejected the pair: {exc.reason or exc}") from exc
+    if ca_certs is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        # DER, not the file's PEM: cadata as str must be pure ASCII, comments included.
+        der_bundle = b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca_certs)
+        try:
+            ctx.load_verify_locations(cadata=der_bundle)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(
+                f"{sources.client_ca_file}: OpenSSL rejected the client CA bundle: {exc}"
+            ) from exc
+    return ctx
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise TLSConfigError(f"{what} file {path} is empty")
+    return data
+
+
+def _parse_certificates(path: Path, pem: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise TLSConfigError(f"{what} file {path} does not hold valid PEM certificates: {exc}") from exc
+    if not certs:
+        raise TLSConfigError(f"{what} file {path} holds no certificate")
+    return certs
+
+
+def _check_key_matches(key_file: Path, key_pem: bytes, cert_file: Path, leaf: x509.Certificate) -> None:
+    # Error messages here deliberately never quote the file content or the parser's detail.
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # raised for encrypted keys when no password is given
+        raise TLSConfigError(
+            f"private key file {key_file} is encrypted; authcar needs it unencrypted"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSConfigError(f"private key file {key_file} does not hold a valid PEM private key") from None
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise TLSConfigError(f"private key file {key_file} does not match the certificate in {cert_file}")
+
+
+def _spki(public_key: PublicKeyTypes) -> bytes:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return public_key.public_bytes(serialization.Encoding.DER, spki)
+
+
+def _refuse_password() -> bytes:
+    # Without a password callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise TLSConfigError("encrypted private keys are not supported")
+
+
+@contextlib.contextmanager
+def _in_memory_file(data: bytes) -> Iterator[str]:
+    """A path whose content is `data`, for APIs that only take paths (key material stays off disk)."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("authcar-tls", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    # Elsewhere (macOS dev machines): a private temporary file, removed right after use.
+    fd, path = tempfile.mkstemp(prefix="authcar-tls-")
+    try:
+        _write_all(fd, data)
+        os.close(fd)
+        fd = -1
+        yield path
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- describing certificates -----------------------------------------------------------------
+
+
+def _serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def _common_name(cert: x509.Certificate) -> str | None:
+    for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        value = attr.value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
+def _string_sans(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(name.value) for name in ext.value if isinstance(name, _STRING_SAN_TYPES))
+
+
+def _log_event(event: str, fields: dict[str, object]) -> None:
+    level = logging.INFO if event == "tls_reloaded" else logging.WARNING
+    _log.log(level, "%s %s", event, fields)

@@ -1,0 +1,374 @@
+"""Forwarding to the application on localhost: HTTP streamed both ways, and WebSockets bridged.
+
+aiohttp is the client on this path (see docs/decisions.md): a pooled keep-alive connection costs
+about an eighth of httpx's CPU per request. Redirects are never followed, nothing is retried, bodies
+are never buffered whole, and compression is left to the two ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
+from authcar.headers import response_headers
+from authcar.types import Receive, Scope, Send
+
+# The server answers these itself; forwarding them would start a second handshake upstream.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
+)
+NO_BODY_STATUS = frozenset({204, 304})
+MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
+
+
+class ClientGone(Exception):
+    """The client went away before its request body was complete."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What happened on the upstream leg of one request, for the log line and metrics."""
+
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_seconds: float = 0.0
+    error: str = ""  # upstream error kind, if any
+    client_gone: bool = False
+
+
+class RequestBody:
+    """The client's body as an async iterator for aiohttp, enforcing the size limit while streaming."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.received = 0
+        self.too_large = False
+        self.client_gone = False
+        self.complete = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.limit and self.received > self.limit:
+                    self.too_large = True
+                    raise PayloadTooLarge()
+                yield chunk
+            if not message.get("more_body", False):
+                self.complete = True
+                return
+
+
+class Upstream:
+    """The pooled client for the application; one per process, built at startup."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        keepalive_timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        base = URL(url)
+        self.origin = str(base.origin())
+        self.base_path = base.raw_path.rstrip("/")
+        self.host_header = base.raw_authority
+        self.max_body_bytes = max_body_bytes
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self.keepalive_timeout,
+            ttl_dns_cache=300,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            auto_decompress=False,
+            # The upstream sees the client's headers, not aiohttp's defaults.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=65536,
+            max_field_size=65536,
+            read_bufsize=65536,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def target(self, scope: Scope, *, websocket: bool = False) -> URL:
+        """The upstream URL: the request's raw path and query, byte for byte."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        url = self.origin + self.base_path + raw_path.decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        if websocket:
+            url = "ws" + url[4:] if url.startswith("http") else url
+        return URL(url, encoded=True)
+
+    async def probe(self, wait: float = 1.0) -> str | None:
+        """Readiness: can a TCP connection to the upstream be opened? Returns a problem or None."""
+        base = URL(self.origin)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(base.host, base.port), wait)
+        except (OSError, TimeoutError) as exc:
+            return f"cannot connect to {self.origin}: {exc.__class__.__name__}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[str, str]],
+        request_id: bytes,
+        has_body: bool,
+        exchange: Exchange,
+    ) -> None:
+        """Send the request upstream and stream the answer back.
+
+        Raises a GatewayError only while nothing has been sent to the client; once the response has
+        started, an upstream failure aborts the client connection instead (a truncated body must not
+        look complete).
+        """
+        assert self.session is not None, "Upstream.start() was not awaited"
+        method: str = scope["method"]
+        body = RequestBody(receive, self.max_body_bytes) if has_body else None
+        started = time.perf_counter()
+        try:
+            response = await self.session.request(
+                method,
+                self.target(scope),
+                headers=headers,
+                data=body.chunks() if body is not None else None,
+                allow_redirects=False,
+            )
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise self.request_failure(exc, body, exchange) from None
+        exchange.upstream_seconds = time.perf_counter() - started
+        exchange.bytes_in = body.received if body is not None else 0
+
+        try:
+            await self.relay_response(scope, receive, send, response, request_id, body, exchange)
+        finally:
+            response.release()
+
+    def request_failure(
+        self, exc: BaseException, body: RequestBody | None, exchange: Exchange
+    ) -> GatewayError:
+        """Name what went wrong before the upstream answered, as the error the client gets."""
+        if body is not None and body.too_large:
+            exchange.error = "body_too_large"
+            return PayloadTooLarge()
+        if body is not None and body.client_gone:
+            exchange.error = "client_gone"
+            exchange.client_gone = True
+            return BadGateway("the client disconnected", code="client_closed_request")
+        kind, error = classify(exc)
+        exchange.error = kind
+        return error
+
+    async def relay_response(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        response: aiohttp.ClientResponse,
+        request_id: bytes,
+        body: RequestBody | None,
+        exchange: Exchange,
+    ) -> None:
+        status = response.status
+        exchange.status = status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": response_headers(response.raw_headers, request_id),
+            }
+        )
+        if scope["method"] == "HEAD" or status in NO_BODY_STATUS or status < 200:
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        content = response.content
+        watcher: asyncio.Task[None] | None = None
+        try:
+            chunk = await content.readany()
+            while chunk:
+                exchange.bytes_out += len(chunk)
+                if content.at_eof():
+                    # Small answers arrive whole: one send instead of two.
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
+                if watcher is None and (body is None or body.complete):
+                    # A long download to a client that left would run on for nothing.
+                    watcher = asyncio.create_task(watch_disconnect(receive, response))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = await content.readany()
+            if watcher is not None and watcher.done():
+                exchange.client_gone = True
+                return
+            await send({"type": "http.response.body", "body": b""})
+        except Exception as exc:
+            if watcher is not None and watcher.done():
+                exchange.client_gone = True
+                return
+            # Mid-stream: the status line is out, so the only honest signal left is a broken connection.
+            exchange.error = classify(exc)[0] + "_mid_stream"
+            response.close()
+            return
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def forward_websocket(
+        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]], exchange: Exchange
+    ) -> None:
+        """Open the upstream WebSocket first, then accept the client, then bridge until either closes."""
+        assert self.session is not None, "Upstream.start() was not awaited"
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        upstream_headers = [(n, v) for n, v in headers if n not in WEBSOCKET_HANDSHAKE]
+        started = time.perf_counter()
+        try:
+            ws = await self.session.ws_connect(
+                self.target(scope, websocket=True),
+                headers=upstream_headers,
+                protocols=tuple(scope.get("subprotocols") or ()),
+                autoclose=False,
+                autoping=True,
+                max_msg_size=MAX_WEBSOCKET_MESSAGE,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            exchange.error = "websocket_rejected"
+            raise BadGateway(
+                f"the application refused the WebSocket (status {exc.status})", code="websocket_rejected"
+            ) from None
+        except Exception as exc:
+            kind, error = classify(exc)
+            exchange.error = kind
+            raise error from None
+        exchange.upstream_seconds = time.perf_counter() - started
+        exchange.status = 101
+        async with ws:
+            await send({"type": "websocket.accept", "subprotocol": ws.protocol})
+            to_upstream = asyncio.create_task(client_to_upstream(receive, ws, exchange))
+            to_client = asyncio.create_task(upstream_to_client(ws, send, exchange))
+            done, pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for task in done:
+                if task.exception() is not None:
+                    exchange.error = "websocket_" + task.exception().__class__.__name__
+
+
+async def watch_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            response.close()  # stops the read loop: the chunk read raises or ends
+            return
+
+
+async def client_to_upstream(
+    receive: Receive, ws: aiohttp.ClientWebSocketResponse, exchange: Exchange
+) -> None:
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            if message.get("bytes") is not None:
+                exchange.bytes_in += len(message["bytes"])
+                await ws.send_bytes(message["bytes"])
+            else:
+                text = message.get("text") or ""
+                exchange.bytes_in += len(text)
+                await ws.send_str(text)
+        elif kind == "websocket.disconnect":
+            code = message.get("code", 1000)
+            # 1005/1006 are never sent on the wire (RFC 6455 §7.4.1).
+            await ws.close(
+                code=code if code not in (1005, 1006) else 1000,
+                message=(message.get("reason") or "").encode(),
+            )
+            return
+
+
+async def upstream_to_client(ws: aiohttp.ClientWebSocketResponse, send: Send, exchange: Exchange) -> None:
+    while True:
+        message = await ws.receive()
+        if message.type == aiohttp.WSMsgType.TEXT:
+            exchange.bytes_out += len(message.data)
+            await send({"type": "websocket.send", "text": message.data})
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            exchange.bytes_out += len(message.data)
+            await send({"type": "websocket.send", "bytes": message.data})
+        elif message.type == aiohttp.WSMsgType.CLOSE:
+            code = message.data if isinstance(message.data, int) else 1000
+            await ws.close(code=code)
+            await send({"type": "websocket.close", "code": code, "reason": message.extra or ""})
+            return
+        else:  # CLOSING, CLOSED, ERROR: the upstream leg is gone without a close frame
+            await send(
+                {"type": "websocket.close", "code": 1011 if message.type == aiohttp.WSMsgType.ERROR else 1001}
+            )
+            return
+
+
+def classify(exc: BaseException) -> tuple[str, GatewayError]:
+    """Map a client-side failure to (metric kind, error for the client)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout", BadGateway(
+            "timed out connecting to the application", code="upstream_connect_timeout"
+        )
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "read_timeout", GatewayTimeout()
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_failed", BadGateway("cannot connect to the application", code="upstream_unavailable")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
+        return "reset", BadGateway("the application closed the connection", code="upstream_reset")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "reset", BadGateway("the application's answer was cut short", code="upstream_reset")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "protocol", BadGateway(
+            "the application sent an invalid response", code="upstream_protocol_error"
+        )
+    return "other", BadGateway("the request could not be forwarded", code="upstream_error")

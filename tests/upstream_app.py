@@ -1,0 +1,188 @@
+"""A real upstream application for the tests: aiohttp.web on a free port, recording what it received.
+
+Every request that reaches it is appended to `seen`, so security tests can assert that nothing did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+@dataclass
+class RunningUpstream:
+    url: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def paths(self) -> list[str]:
+        return [s.raw_path for s in self.seen]
+
+
+def make_app(seen: list[Seen]) -> web.Application:
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(Seen(request.method, request.raw_path, decoded_headers(request)))
+        return await handler(request)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "raw_path": request.raw_path,
+                "headers": [list(pair) for pair in decoded_headers(request)],
+                "body_bytes": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "chunked": request.headers.get("Transfer-Encoding", "").lower() == "chunked",
+            }
+        )
+
+    async def upload(request: web.Request) -> web.Response:
+        # Streams the body without keeping it: the proxy must not buffer either.
+        digest = hashlib.sha256()
+        total = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            total += len(chunk)
+        return web.json_response({"bytes": total, "sha256": digest.hexdigest()})
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", "1048576"))
+        chunk = int(request.query.get("chunk", "65536"))
+        response = web.StreamResponse()
+        if request.query.get("length") == "1":
+            response.content_length = size
+        await response.prepare(request)
+        block = pattern(chunk)
+        sent = 0
+        while sent < size:
+            piece = block[: min(chunk, size - sent)]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "5")))
+        return web.Response(text="late")
+
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first")
+        await asyncio.sleep(float(request.query.get("delay", "5")))
+        await response.write(b"second")
+        return response
+
+    async def reset(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1_000_000
+        await response.prepare(request)
+        await response.write(b"x" * 10_000)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()  # RST mid-body
+        return response
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        headers = {"Location": "/elsewhere"} if 300 <= code < 400 else {}
+        if code in (204, 304):
+            return web.Response(status=code, headers=headers)
+        return web.Response(status=code, text=f"status {code}", headers=headers)
+
+    async def hop_headers(request: web.Request) -> web.Response:
+        return web.Response(
+            text="hop",
+            headers={
+                "Connection": "keep-alive, X-Secret-Hop",
+                "X-Secret-Hop": "1",
+                "Keep-Alive": "timeout=5",
+                "X-Kept": "yes",
+            },
+        )
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"))
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                if message.data.startswith("close:"):
+                    await ws.close(code=int(message.data.split(":")[1]), message=b"bye")
+                    break
+                await ws.send_str("echo:" + message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(b"echo:" + message.data)
+        return ws
+
+    app = web.Application(middlewares=[record], client_max_size=0)
+    app.router.add_route("*", "/upload", upload)
+    app.router.add_get("/download", download)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/slow-body", slow_body)
+    app.router.add_get("/reset", reset)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/ws", websocket)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def decoded_headers(request: web.Request) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers]
+
+
+def pattern(size: int) -> bytes:
+    return (b"0123456789abcdef" * (size // 16 + 1))[:size]
+
+
+@asynccontextmanager
+async def serve_upstream(host: str = "127.0.0.1") -> AsyncIterator[RunningUpstream]:
+    seen: list[Seen] = []
+    runner = web.AppRunner(make_app(seen), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield RunningUpstream(url=f"http://{host}:{port}", port=port, seen=seen)
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    """Run standalone (for subprocess tests and the bench): `python -m tests.upstream_app PORT`."""
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
+    web.run_app(make_app([]), host="127.0.0.1", port=port, access_log=None, print=lambda *_: None)
+
+
+def decode(body: bytes) -> Any:
+    return json.loads(body)
+
+
+if __name__ == "__main__":
+    main()
