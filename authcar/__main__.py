@@ -56,6 +56,19 @@ def load(args: argparse.Namespace) -> LoadedSettings:
     return load_settings(flags)
 
 
+def preflight(settings: Settings) -> list[str]:
+    """Checks that need more than the settings themselves: can the certificate files be used?"""
+    problems: list[str] = []
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        from authcar.tls import CertificateStore, TLSConfigError
+
+        try:
+            CertificateStore(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        except TLSConfigError as exc:
+            problems.append(f"TLS: {exc}")
+    return problems
+
+
 def print_problems(error: ConfigError) -> None:
     print(f"authcar: configuration has {len(error.problems)} problem(s):", file=sys.stderr)
     for problem in error.problems:
@@ -79,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         loaded = load(args)
+        problems = preflight(loaded.settings)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as error:
         print_problems(error)
         return 1

@@ -81,9 +81,7 @@ class Settings:
     log_level: LogLevel = setting("info", "debug, info, warning or error")
     access_log: bool = setting(True, "one log line per request (at level info)")
 
-    config: Path | None = setting(
-        None, "YAML file with settings (lower precedence than env and flags)", flag=True
-    )
+    config: Path | None = setting(None, "YAML file with settings (lower precedence than env and flags)")
 
 
 class ConfigError(Exception):
@@ -143,6 +141,7 @@ def load_settings(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    unusable: set[str] = set()
     for name in known:
         if name not in raw:
             sources[name] = "default"
@@ -152,13 +151,16 @@ def load_settings(
         try:
             values[name] = coerce(value, hints[name])
         except ValueError as exc:
+            unusable.add(env_name(name))
             origin = {"flag": f"--{name.replace('_', '-')}", "env": env_name(name), "yaml": f"{name} (YAML)"}
             problems.append(f"{origin[source]}: {exc}")
 
-    if problems:
-        raise ConfigError(problems)
+    # Semantic checks run even after type errors (with defaults standing in for unusable values), so
+    # one run reports everything; checks about the unusable values themselves would only mislead.
     settings = schema(**values)
-    problems.extend(validate(settings))
+    for problem in validate(settings):
+        if problem.split(":", 1)[0] not in unusable:
+            problems.append(problem)
     if problems:
         raise ConfigError(problems)
     return LoadedSettings(settings=settings, warnings=tuple(warnings), sources=sources)

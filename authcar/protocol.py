@@ -47,6 +47,47 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
+class CorkedTransport:
+    """Holds a response head back until the body's first write, so a small answer is one syscall.
+
+    uvicorn writes the status line and headers, then the body, as two writes; on loopback each
+    write is a TCP send that costs more than the rest of the response handling. Whatever is held is
+    flushed on the next loop iteration, so a slow body never delays the head for long.
+    """
+
+    __slots__ = ("transport", "loop", "held", "flush_handle")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.held: bytes | None = None
+        self.flush_handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.held is not None:
+            data = self.held + data
+            self.held = None
+            self.transport.write(data)
+        elif self.flush_handle is None:
+            self.held = data
+            self.flush_handle = self.loop.call_soon(self.flush)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
     """A protocol class bound to these limits (uvicorn instantiates it per connection)."""
 
@@ -100,6 +141,10 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self.head_bytes = 0
             self.header_count = 0
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:
+                # Only the first write of a response is held; see CorkedTransport.
+                cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

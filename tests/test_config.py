@@ -1,0 +1,220 @@
+"""Settings: precedence, parsing, validation that reports everything at once, and the CLI around it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from authcar.config import ConfigError, Settings, load_settings, setting
+
+
+def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = None) -> Settings:
+    return load_settings(flags or {}, environ=env or {}).settings
+
+
+def problems_of(flags: dict[str, object] | None = None, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(flags or {}, environ=env or {})
+    return caught.value.problems
+
+
+def test_defaults_match_the_contract() -> None:
+    s = load()
+    assert (s.host, s.port, s.admin_host, s.admin_port) == ("0.0.0.0", 4180, "0.0.0.0", 9901)
+    assert s.upstream == "http://127.0.0.1:8080"
+    assert s.workers == 1
+    assert s.log_format == "json" and s.log_level == "info"
+    assert s.allow_anonymous is False  # deny is the default
+
+
+def test_flag_beats_env_beats_yaml_beats_default(tmp_path: Path) -> None:
+    config = tmp_path / "authcar.yaml"
+    config.write_text("port: 1111\nadmin_port: 2222\nworkers: 3\n")
+    env = {"AUTHCAR_CONFIG": str(config), "AUTHCAR_PORT": "3333", "AUTHCAR_ADMIN_PORT": "4444"}
+    loaded = load_settings({"port": "5555"}, environ=env)
+    s = loaded.settings
+    assert s.port == 5555  # flag
+    assert s.admin_port == 4444  # env over YAML
+    assert s.workers == 3  # YAML over default
+    assert s.log_level == "info"  # default
+    assert loaded.sources["port"] == "flag"
+    assert loaded.sources["admin_port"] == "env"
+    assert loaded.sources["workers"] == "yaml"
+    assert loaded.sources["log_level"] == "default"
+
+
+def test_values_are_parsed_to_their_types() -> None:
+    s = load(
+        env={
+            "AUTHCAR_ALLOW_ANONYMOUS": "Yes",
+            "AUTHCAR_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1 ,",
+            "AUTHCAR_UPSTREAM_READ_TIMEOUT": "2.5",
+            "AUTHCAR_LOG_FORMAT": "TEXT",
+        }
+    )
+    assert s.allow_anonymous is True
+    assert s.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
+    assert s.upstream_read_timeout == 2.5
+    assert s.log_format == "text"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    problems = problems_of(
+        flags={"max_body_bytes": "lots"},
+        env={
+            "AUTHCAR_PORT": "99999",
+            "AUTHCAR_WORKERS": "0",
+            "AUTHCAR_UPSTREAM": "ftp://app",
+            "AUTHCAR_TLS_CERT_FILE": str(tmp_path / "missing.crt"),
+            "AUTHCAR_LOG_LEVEL": "loud",
+            "AUTHCAR_ALLOW_ANONYMOUS": "maybe",
+            "AUTHCAR_TRUSTED_PROXIES": "10.0.0.0/8,not-a-network",
+        },
+    )
+    text = "\n".join(problems)
+    for expected in (
+        "--max-body-bytes: 'lots' is not a whole number",
+        "AUTHCAR_PORT: 99999 is not a TCP port",
+        "AUTHCAR_WORKERS: must be at least 1",
+        "AUTHCAR_UPSTREAM: 'ftp://app'",
+        "must be set together",
+        "missing.crt does not exist",
+        "AUTHCAR_LOG_LEVEL: 'loud' is not one of",
+        "AUTHCAR_ALLOW_ANONYMOUS: 'maybe' is not a boolean",
+        "'not-a-network' is not an IP address",
+    ):
+        assert expected in text, f"missing problem {expected!r} in:\n{text}"
+
+
+def test_upstream_must_be_a_plain_origin() -> None:
+    assert any("credentials" in p for p in problems_of(env={"AUTHCAR_UPSTREAM": "http://u:p@127.0.0.1:1"}))
+    assert any("invalid port" in p for p in problems_of(env={"AUTHCAR_UPSTREAM": "http://127.0.0.1:99999"}))
+    assert load(env={"AUTHCAR_UPSTREAM": "http://[::1]:8080/api"}).upstream == "http://[::1]:8080/api"
+
+
+def test_contradictions_are_refused(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    problems = problems_of(env={"AUTHCAR_TLS_CLIENT_CA_FILE": str(ca), "AUTHCAR_ADMIN_PORT": "4180"})
+    assert any("needs TLS" in p for p in problems)
+    assert any("are both 4180" in p for p in problems)
+
+
+def test_unknown_yaml_keys_and_broken_yaml_are_problems(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 1\nupstrem: http://typo\n")
+    assert any("unknown setting 'upstrem'" in p for p in problems_of(env={"AUTHCAR_CONFIG": str(config)}))
+    config.write_text("port: [unclosed\n")
+    assert any("not valid YAML" in p for p in problems_of(env={"AUTHCAR_CONFIG": str(config)}))
+    assert any("cannot read" in p for p in problems_of(env={"AUTHCAR_CONFIG": str(tmp_path / "none.yaml")}))
+
+
+def test_yaml_lists_and_dashes(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("trusted-proxies:\n  - 10.1.0.0/16\n  - 10.2.0.0/16\nallow_anonymous: true\n")
+    s = load(env={"AUTHCAR_CONFIG": str(config)})
+    assert s.trusted_proxies == ("10.1.0.0/16", "10.2.0.0/16")
+    assert s.allow_anonymous is True
+
+
+def test_kubernetes_service_links_do_not_break_the_port() -> None:
+    # A Service named "authcar" makes Kubernetes inject AUTHCAR_PORT=tcp://<ip>:<port> into every pod.
+    loaded = load_settings(
+        {},
+        environ={
+            "AUTHCAR_PORT": "tcp://10.96.0.12:4180",
+            "AUTHCAR_PORT_4180_TCP": "tcp://10.96.0.12:4180",
+            "AUTHCAR_SERVICE_HOST": "10.96.0.12",
+            "AUTHCAR_SERVICE_PORT": "4180",
+        },
+    )
+    assert loaded.settings.port == 4180
+    assert any("enableServiceLinks" in w for w in loaded.warnings)
+    assert not any("SERVICE_HOST" in w for w in loaded.warnings)
+
+
+def test_unknown_environment_variables_are_warned_about() -> None:
+    loaded = load_settings({}, environ={"AUTHCAR_UPSTREAMM": "http://x"})
+    assert loaded.warnings == ("ignoring unknown environment variable AUTHCAR_UPSTREAMM",)
+
+
+@dataclass(frozen=True)
+class SecretSettings(Settings):
+    client_secret: str | None = setting(None, "a secret", secret=True)
+
+
+def test_secrets_have_a_file_variant(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")  # Kubernetes Secret files often end with a newline
+    loaded = load_settings({}, environ={"AUTHCAR_CLIENT_SECRET_FILE": str(secret)}, schema=SecretSettings)
+    assert loaded.settings.client_secret == "s3cr3t"  # type: ignore[attr-defined]
+
+    with pytest.raises(ConfigError) as both:
+        load_settings(
+            {},
+            environ={"AUTHCAR_CLIENT_SECRET_FILE": str(secret), "AUTHCAR_CLIENT_SECRET": "x"},
+            schema=SecretSettings,
+        )
+    assert "both set" in both.value.problems[0]
+
+    with pytest.raises(ConfigError) as missing:
+        load_settings({}, environ={"AUTHCAR_CLIENT_SECRET_FILE": str(tmp_path / "nope")}, schema=SecretSettings)
+    assert "cannot read" in missing.value.problems[0]
+
+
+def authcar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authcar", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+    )
+
+
+def test_check_config_prints_every_problem_and_exits_1() -> None:
+    result = authcar("check-config", "--port", "70000", env={"AUTHCAR_UPSTREAM": "nope", "AUTHCAR_WORKERS": "-1"})
+    assert result.returncode == 1
+    assert "3 problem(s)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_config_accepts_a_valid_configuration() -> None:
+    result = authcar("check-config", env={"AUTHCAR_UPSTREAM": "http://127.0.0.1:9000"})
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_run_with_bad_settings_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key")
+    result = authcar("run", env={"AUTHCAR_TLS_CERT_FILE": str(cert), "AUTHCAR_TLS_KEY_FILE": str(key)})
+    assert result.returncode == 1
+    assert "TLS:" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_run_reports_a_busy_port_cleanly() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = authcar("run", env={"AUTHCAR_HOST": "127.0.0.1", "AUTHCAR_PORT": str(port), "AUTHCAR_ADMIN_PORT": "0"})
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_help_lists_every_setting_with_its_environment_variable() -> None:
+    result = authcar("run", "--help")
+    assert result.returncode == 0
+    for name in ("AUTHCAR_UPSTREAM", "AUTHCAR_TLS_CERT_FILE", "AUTHCAR_MAX_BODY_BYTES", "AUTHCAR_SHUTDOWN_DELAY"):
+        assert name in result.stdout
