@@ -208,7 +208,8 @@ class CertificateStore:
             ):
                 self.reload()
         except (OSError, RuntimeError) as exc:  # directory gone, inotify limits exhausted, ...
-            self._emit("tls_watch_degraded", {"error": str(exc), "poll_interval": poll_interval})
+            # Logged rather than emitted: on_event carries reload outcomes only (metrics count them).
+            _log.warning("cannot watch TLS files (%s); polling every %ss instead", exc, poll_interval)
             await self._poll(stop, poll_interval)
 
     # -- internals ------------------------------------------------------------------------
@@ -303,6 +304,10 @@ def _new_server_context(
         raise TLSConfigError(f"{pair}: OpenSSL rejected the pair: {exc.reason or exc}") from exc
     if ca_certs is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
+        # Resumed sessions skip client-certificate verification, so they would outlive a client-CA
+        # rotation for the whole session lifetime (2 h). With mTLS every connection verifies afresh.
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
         # DER, not the file's PEM: cadata as str must be pure ASCII, comments included.
         der_bundle = b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca_certs)
         try:

@@ -27,7 +27,8 @@ def test_defaults_match_the_contract() -> None:
     assert (s.host, s.port, s.admin_host, s.admin_port) == ("0.0.0.0", 4180, "0.0.0.0", 9901)
     assert s.upstream == "http://127.0.0.1:8080"
     assert s.workers == 1
-    assert s.log_format == "json" and s.log_level == "info"
+    assert s.log_format == "json"
+    assert s.log_level == "info"
     assert s.allow_anonymous is False  # deny is the default
 
 
@@ -162,7 +163,9 @@ def test_secrets_have_a_file_variant(tmp_path: Path) -> None:
     assert "both set" in both.value.problems[0]
 
     with pytest.raises(ConfigError) as missing:
-        load_settings({}, environ={"AUTHCAR_CLIENT_SECRET_FILE": str(tmp_path / "nope")}, schema=SecretSettings)
+        load_settings(
+            {}, environ={"AUTHCAR_CLIENT_SECRET_FILE": str(tmp_path / "nope")}, schema=SecretSettings
+        )
     assert "cannot read" in missing.value.problems[0]
 
 
@@ -178,7 +181,9 @@ def authcar(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_check_config_prints_every_problem_and_exits_1() -> None:
-    result = authcar("check-config", "--port", "70000", env={"AUTHCAR_UPSTREAM": "nope", "AUTHCAR_WORKERS": "-1"})
+    result = authcar(
+        "check-config", "--port", "70000", env={"AUTHCAR_UPSTREAM": "nope", "AUTHCAR_WORKERS": "-1"}
+    )
     assert result.returncode == 1
     assert "3 problem(s)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -207,7 +212,9 @@ def test_run_reports_a_busy_port_cleanly() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = authcar("run", env={"AUTHCAR_HOST": "127.0.0.1", "AUTHCAR_PORT": str(port), "AUTHCAR_ADMIN_PORT": "0"})
+        result = authcar(
+            "run", env={"AUTHCAR_HOST": "127.0.0.1", "AUTHCAR_PORT": str(port), "AUTHCAR_ADMIN_PORT": "0"}
+        )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -216,5 +223,10 @@ def test_run_reports_a_busy_port_cleanly() -> None:
 def test_help_lists_every_setting_with_its_environment_variable() -> None:
     result = authcar("run", "--help")
     assert result.returncode == 0
-    for name in ("AUTHCAR_UPSTREAM", "AUTHCAR_TLS_CERT_FILE", "AUTHCAR_MAX_BODY_BYTES", "AUTHCAR_SHUTDOWN_DELAY"):
+    for name in (
+        "AUTHCAR_UPSTREAM",
+        "AUTHCAR_TLS_CERT_FILE",
+        "AUTHCAR_MAX_BODY_BYTES",
+        "AUTHCAR_SHUTDOWN_DELAY",
+    ):
         assert name in result.stdout
