@@ -59,8 +59,9 @@ async def test_new_connections_are_refused_once_draining_ends(
     sidecar = sidecar_process_factory({"AUTHCAR_UPSTREAM": upstream.url, "AUTHCAR_ALLOW_ANONYMOUS": "true"})
     sidecar.signal(signal.SIGTERM)
     assert await asyncio.to_thread(sidecar.wait) == 0
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(sidecar.url + "/after", timeout=2)
+    async with httpx.AsyncClient(timeout=2) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(sidecar.url + "/after")
     assert upstream.seen == []
 
 
