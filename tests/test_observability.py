@@ -1,0 +1,128 @@
+"""Admin listener, metrics and logs, as an operator reads them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import httpx
+
+from authcar.observe import AccessLog, JsonFormatter, TextFormatter
+from tests.conftest import RunningSidecar, start_sidecar
+from tests.upstream_app import RunningUpstream
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (labels in any order)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+async def test_healthz_and_readyz_report_each_dependency(sidecar: RunningSidecar) -> None:
+    async with httpx.AsyncClient(base_url=sidecar.admin_url) as admin:
+        assert (await admin.get("/healthz")).json() == {"status": "ok"}
+        ready = await admin.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["upstream"] == {"ok": True}
+        assert ready.json()["checks"]["config"] == {"ok": True}
+        assert (await admin.get("/nothing")).status_code == 404
+
+
+async def test_readyz_fails_with_a_reason_when_the_upstream_is_down() -> None:
+    async with start_sidecar("http://127.0.0.1:9") as sidecar, httpx.AsyncClient() as client:
+        ready = await client.get(sidecar.admin_url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False
+        assert "cannot connect" in ready.json()["checks"]["upstream"]["detail"]
+        # Liveness does not depend on the upstream: a restart would not fix it.
+        assert (await client.get(sidecar.admin_url + "/healthz")).status_code == 200
+
+
+async def test_metrics_count_requests_errors_and_latency(upstream: RunningUpstream) -> None:
+    async with (
+        start_sidecar(upstream.url, upstream_read_timeout=0.3) as sidecar,
+        httpx.AsyncClient() as client,
+    ):
+        for _ in range(3):
+            assert (await client.get(sidecar.url + "/ok")).status_code == 200
+        assert (await client.get(sidecar.url + "/slow", params={"delay": "2"})).status_code == 504
+        text = (await client.get(sidecar.admin_url + "/metrics")).text
+    assert metric(text, "authcar_requests_total", decision="anonymous", status="200") == 3
+    assert metric(text, "authcar_requests_total", decision="error", status="504") == 1
+    assert metric(text, "authcar_upstream_errors_total", kind="read_timeout") == 1
+    assert metric(text, "authcar_request_duration_seconds_count") == 4
+    assert metric(text, "authcar_upstream_response_seconds_count") == 3
+    assert metric(text, "authcar_in_flight_requests") == 0
+    assert metric(text, "authcar_build_info", version="0.1.0") == 1
+
+
+async def test_unauthenticated_requests_count_as_denied(upstream: RunningUpstream) -> None:
+    async with start_sidecar(upstream.url, allow_anonymous=False) as sidecar, httpx.AsyncClient() as client:
+        assert (await client.get(sidecar.url + "/private")).status_code == 401
+        text = (await client.get(sidecar.admin_url + "/metrics")).text
+    assert metric(text, "authcar_requests_total", decision="deny", status="401") == 1
+    assert upstream.seen == []
+
+
+async def test_access_log_has_one_json_line_per_request(upstream: RunningUpstream) -> None:
+    stream = io.StringIO()
+    async with start_sidecar(upstream.url, access_log=True) as sidecar:
+        sidecar.service.sidecar.access_log.stream = stream
+        async with httpx.AsyncClient(base_url=sidecar.url) as client:
+            ok = await client.post("/items?token=secret", content=b"12345", headers={"X-Request-Id": "req-1"})
+            missing = await client.get("/status/404")
+        sidecar.service.sidecar.access_log.flush()
+    assert ok.status_code == 200
+    assert missing.status_code == 404
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["request_id"] == "req-1"
+    assert first["method"] == "POST"
+    assert first["path"] == "/items"  # the query string may carry secrets: never logged
+    assert first["status"] == 200
+    assert first["bytes_in"] == 5
+    assert first["bytes_out"] > 0
+    assert first["client"] == "127.0.0.1"
+    assert first["decision"] == "anonymous"
+    assert first["duration_ms"] >= first["upstream_ms"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert lines[1]["status"] == 404
+
+
+def test_text_access_log_is_one_readable_line() -> None:
+    stream = io.StringIO()
+    log = AccessLog(True, "text", stream)
+    log.write(
+        {
+            "time": "2026-11-22T12:00:00.000Z",
+            "client": "10.0.0.1",
+            "method": "GET",
+            "path": "/x",
+            "status": 200,
+            "bytes_out": 12,
+            "duration_ms": 1.5,
+            "request_id": "abc",
+            "decision": "allow",
+        }
+    )
+    assert (
+        stream.getvalue() == "2026-11-22T12:00:00.000Z 10.0.0.1 GET /x 200 12B 1.5ms id=abc decision=allow\n"
+    )
+
+
+def test_event_logs_are_structured() -> None:
+    record = logging.LogRecord("authcar", logging.INFO, __file__, 1, "tls_reloaded", None, None)
+    record.subject = "CN=svc"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["event"] == "tls_reloaded"
+    assert entry["level"] == "info"
+    assert entry["subject"] == "CN=svc"
+    assert TextFormatter().format(record).endswith("authcar: tls_reloaded subject=CN=svc")
