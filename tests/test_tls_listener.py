@@ -1,0 +1,147 @@
+"""TLS on the public listener of the running sidecar: rotation on disk, mTLS, and SIGHUP-free reload."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import ssl
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.conftest import start_sidecar
+from tests.tls_material import CertAuthority, Issued, SecretVolume
+from tests.upstream_app import RunningUpstream
+
+
+def publish(volume: SecretVolume, server: Issued, ca: CertAuthority | None = None) -> None:
+    files = {"tls.crt": server.cert_pem, "tls.key": server.key_pem}
+    if ca is not None:
+        files["ca.crt"] = ca.cert_pem
+    volume.publish(files)
+
+
+def served_serial(port: int, ca: CertAuthority) -> int:
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def client_context(
+    ca: CertAuthority, client: Issued | None = None, tmp: Path | None = None
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    if client is not None and tmp is not None:
+        cert, key = tmp / "client.crt", tmp / "client.key"
+        cert.write_bytes(client.cert_pem)
+        key.write_bytes(client.key_pem)
+        context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_https_is_served_and_a_rotated_certificate_is_picked_up(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    ca = CertAuthority("test-ca")
+    volume = SecretVolume(tmp_path / "tls")
+    first = ca.issue_server("rsa")
+    publish(volume, first)
+    async with start_sidecar(
+        upstream.url, tls_cert_file=volume.path("tls.crt"), tls_key_file=volume.path("tls.key")
+    ) as sidecar:
+        async with httpx.AsyncClient(verify=client_context(ca)) as client:
+            response = await client.get(f"https://localhost:{sidecar.port}/secure")
+        assert response.status_code == 200
+        assert response.json()["headers"][-3] == ["x-forwarded-proto", "https"]
+        assert await asyncio.to_thread(served_serial, sidecar.port, ca) == first.serial
+
+        # cert-manager renews: kubelet swaps the ..data symlink; no signal, no restart.
+        second = ca.issue_server("ec")
+        publish(volume, second)
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(served_serial, sidecar.port, ca) != second.serial:
+            assert time.monotonic() < deadline, "the rotated certificate was not picked up"
+            await asyncio.sleep(0.1)
+
+        # A broken renewal keeps the last good certificate, and says so.
+        volume.publish({"tls.crt": b"-----BEGIN CERTIFICATE-----\nbroken\n", "tls.key": second.key_pem})
+        await asyncio.sleep(1.5)
+        assert await asyncio.to_thread(served_serial, sidecar.port, ca) == second.serial
+        async with httpx.AsyncClient() as admin:
+            metrics = (await admin.get(sidecar.admin_url + "/metrics")).text
+            ready = (await admin.get(sidecar.admin_url + "/readyz")).json()
+        assert 'authcar_tls_reloads_total{result="failure"} 1.0' in metrics
+        assert 'authcar_tls_reloads_total{result="success"} 1.0' in metrics
+        assert "last certificate reload failed" in ready["checks"]["tls"]["detail"]
+        assert ready["checks"]["tls"]["ok"] is True  # still serving: no reason to drop the pod
+
+
+async def test_plain_http_and_old_tls_are_refused_on_a_tls_listener(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    ca = CertAuthority("test-ca")
+    volume = SecretVolume(tmp_path / "tls")
+    publish(volume, ca.issue_server())
+    async with start_sidecar(
+        upstream.url, tls_cert_file=volume.path("tls.crt"), tls_key_file=volume.path("tls.key")
+    ) as sidecar:
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{sidecar.port}/")
+        old = client_context(ca)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # that is the point: an outdated client
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+            old.minimum_version = ssl.TLSVersion.TLSv1
+        with pytest.raises((ssl.SSLError, OSError)):
+            await asyncio.open_connection("127.0.0.1", sidecar.port, ssl=old, server_hostname="localhost")
+    assert upstream.seen == []
+
+
+async def test_mutual_tls_requires_a_client_certificate_and_logs_its_subject(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    ca = CertAuthority("test-ca")
+    other_ca = CertAuthority("other-ca")
+    volume = SecretVolume(tmp_path / "tls")
+    publish(volume, ca.issue_server(), ca)
+    client_cert = ca.issue_client(
+        "billing", [x509.UniformResourceIdentifier("spiffe://cluster.local/ns/shop/sa/billing")]
+    )
+    stranger = other_ca.issue_client("stranger", [x509.DNSName("stranger.example")])
+    stream = io.StringIO()
+    async with start_sidecar(
+        upstream.url,
+        tls_cert_file=volume.path("tls.crt"),
+        tls_key_file=volume.path("tls.key"),
+        tls_client_ca_file=volume.path("ca.crt"),
+        access_log=True,
+    ) as sidecar:
+        sidecar.service.sidecar.access_log.stream = stream
+        url = f"https://localhost:{sidecar.port}/mtls"
+        async with httpx.AsyncClient(verify=client_context(ca)) as anonymous:
+            with pytest.raises(httpx.HTTPError):
+                await anonymous.get(url)
+        async with httpx.AsyncClient(verify=client_context(ca, stranger, tmp_path)) as wrong:
+            with pytest.raises(httpx.HTTPError):
+                await wrong.get(url)
+        assert upstream.seen == []
+        async with httpx.AsyncClient(verify=client_context(ca, client_cert, tmp_path)) as known:
+            response = await known.get(url)
+        assert response.status_code == 200
+        sidecar.service.sidecar.access_log.flush()
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["client_cert"] == "O=authcar-tests,CN=billing"  # RFC 4514 lists the last RDN first
+    assert [s.raw_path for s in upstream.seen] == ["/mtls"]
