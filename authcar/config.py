@@ -79,7 +79,7 @@ class Settings:
 
     log_format: LogFormat = setting("json", "json (one object per line) or text")
     log_level: LogLevel = setting("info", "debug, info, warning or error")
-    access_log: bool = setting(True, "one log line per request (at level info)")
+    access_log: bool = setting(True, "one line per request on stdout (events go to stderr)")
 
     config: Path | None = setting(None, "YAML file with settings (lower precedence than env and flags)")
 
