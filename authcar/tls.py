@@ -215,9 +215,10 @@ class CertificateStore:
     # -- internals ------------------------------------------------------------------------
 
     def _select_context(
-        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _base: ssl.SSLContext
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _base: ssl.SSLContext
     ) -> None:
-        # OpenSSL calls this for every ClientHello, with server_name None when the client sent no SNI.
+        # OpenSSL calls this for every ClientHello, with server_name None when the client sent no SNI,
+        # so it is the one place every handshake passes before the certificate is chosen.
         current = self._current.context
         if ssl_object.context is not current:
             ssl_object.context = current
@@ -304,9 +305,9 @@ def _new_server_context(
         raise TLSConfigError(f"{pair}: OpenSSL rejected the pair: {exc.reason or exc}") from exc
     if ca_certs is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        # Resumed sessions skip client-certificate verification, so they would outlive a client-CA
-        # rotation for the whole session lifetime (2 h). With mTLS every connection verifies afresh.
-        ctx.options |= ssl.OP_NO_TICKET
+        # Resumed sessions skip client-certificate verification and would outlive a client-CA
+        # rotation by up to 2 h, so TLS 1.3 issues no tickets. (TLS 1.2 can still resume from
+        # OpenSSL's session cache, which Python gives no way to turn off.)
         ctx.num_tickets = 0
         # DER, not the file's PEM: cadata as str must be pure ASCII, comments included.
         der_bundle = b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca_certs)
