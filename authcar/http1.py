@@ -1,0 +1,495 @@
+"""A lean HTTP/1.1 client for one upstream origin: a keep-alive pool of asyncio protocols.
+
+Why not aiohttp on this path (see docs/decisions.md, "Upstream client"): a bare uvicorn hello-world
+serves ~15k req/s on the reference machine, the same server forwarding through aiohttp ~4k; the
+client side was most of the cost. A forwarding proxy needs little of a general client: one origin,
+requests whose head is already bytes, bodies streamed as they come, no cookies, redirects,
+decompression or retries of anything but a reused connection that died before answering.
+
+What it does:
+- keeps up to `max_connections` connections, reusing idle ones last-in-first-out (the warmest);
+- writes the request head in one `write`; streams a request body (Content-Length or chunked);
+- parses the response with httptools (llhttp): Content-Length, chunked, EOF-delimited bodies, 1xx
+  interim responses skipped, trailers dropped, HEAD answered without waiting for a body;
+- applies back-pressure both ways: reading pauses while the consumer lags, writing awaits drain;
+- times out connecting (`connect_timeout`) and silence while answering (`read_timeout`);
+- retries only an idempotent, body-less request whose *reused* connection closed before a single
+  response byte arrived: the upstream dropped an idle connection, it never saw the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+
+import httptools
+
+READ_HIGH_WATER = 256 * 1024  # buffered response bytes that pause reading from the upstream
+READ_LOW_WATER = 64 * 1024
+RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
+class UpstreamError(Exception):
+    """A failure talking to the upstream; `kind` names it for metrics and error mapping."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind  # connect_failed | connect_timeout | read_timeout | reset | protocol
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection, carrying one exchange at a time."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.slot_freed = False  # the pool has counted this connection as gone
+        self.idle_since = 0.0
+        # Per exchange:
+        self.parser: httptools.HttpResponseParser | None = None
+        self.head_only = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.headers_ready: asyncio.Future[None] | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.error: UpstreamError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.received_any = False
+        self.body_unsent = False  # answered before the request body was sent: not reusable
+        self.keep_alive = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        self.last_activity = self.loop.time()
+        parser = self.parser
+        if parser is None:
+            # Bytes nobody asked for: the connection's framing can no longer be trusted.
+            self.abort()
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError("protocol", f"invalid response from the upstream: {exc}"))
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.cancel_timer()
+        if self.parser is not None and not self.complete:
+            if self.headers_done and self.eof_delimited():
+                self.on_message_complete()  # the body was delimited by the close itself
+            else:
+                self.fail(UpstreamError("reset", "the upstream closed the connection"))
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.headers_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.headers_done:  # later calls are chunked trailers: dropped
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        self.status = status
+        self.headers_done = True
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_result(None)
+        if self.head_only:
+            # llhttp cannot be told that the request was HEAD; the answer has no body by definition.
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete or not body:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.cancel_timer()  # our own back-pressure is not the upstream's silence
+            self.transport.pause_reading()
+        self.wake()
+
+    def on_message_complete(self) -> None:
+        if self.complete or not self.headers_done:
+            return
+        # Asked now: llhttp resets its flags once the callback returns.
+        self.keep_alive = self.parser is not None and self.parser.should_keep_alive() and not self.closed
+        self.complete = True
+        self.cancel_timer()
+        self.wake()
+
+    # exchange
+    def begin(self, head_only: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.status = 0
+        self.headers = []
+        self.headers_done = False
+        self.headers_ready = self.loop.create_future()
+        self.chunks.clear()
+        self.buffered = 0
+        self.complete = False
+        self.error = None
+        self.received_any = False
+        self.body_unsent = False
+        self.keep_alive = False
+        self.last_activity = self.loop.time()
+        self.arm_timer(self.pool.read_timeout)
+
+    def eof_delimited(self) -> bool:
+        for name, _ in self.headers:
+            lower = name.lower()
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                return False
+        return True
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.complete or self.error is not None:
+            return
+        self.error = error
+        self.cancel_timer()
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_exception(error)
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def arm_timer(self, delay: float) -> None:
+        self.timer = self.loop.call_later(delay, self.check_silence)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def check_silence(self) -> None:
+        self.timer = None
+        if self.complete or self.error is not None or self.reading_paused:
+            return
+        silent = self.loop.time() - self.last_activity
+        if silent >= self.pool.read_timeout:
+            self.fail(UpstreamError("read_timeout", "the upstream did not answer in time"))
+            self.abort()
+        else:
+            self.arm_timer(self.pool.read_timeout - silent)
+
+    async def next_chunk(self) -> bytes:
+        """The next piece of the response body; b"" once it is complete."""
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.reading_paused and self.buffered < READ_LOW_WATER and self.transport is not None:
+                    self.reading_paused = False
+                    self.last_activity = self.loop.time()
+                    self.arm_timer(self.pool.read_timeout)
+                    self.transport.resume_reading()
+                return chunk
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise UpstreamError("reset", "the upstream closed the connection")
+        self.last_activity = self.loop.time()
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise UpstreamError("reset", "the upstream closed the connection")
+        if self.write_paused:
+            self.drain_waiter = self.loop.create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+            if self.closed:
+                raise UpstreamError("reset", "the upstream closed the connection")
+
+    def reusable(self) -> bool:
+        return (
+            self.complete
+            and not self.closed
+            and not self.body_unsent
+            and self.error is None
+            and self.keep_alive
+        )
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+class Response:
+    """The upstream's answer: status and headers now, the body as it arrives."""
+
+    __slots__ = ("connection", "headers", "released", "status")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.status = connection.status
+        self.headers = connection.headers
+        self.released = False
+
+    async def read(self) -> bytes:
+        return await self.connection.next_chunk()
+
+    def at_eof(self) -> bool:
+        connection = self.connection
+        return connection.complete and not connection.chunks
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the exchange ended cleanly, else close it."""
+        if not self.released:
+            self.released = True
+            self.connection.pool.release(self.connection)
+
+    def close(self) -> None:
+        if not self.released:
+            self.released = True
+            self.connection.abort()
+            self.connection.pool.release(self.connection)
+
+
+class ConnectionPool:
+    """Connections to one origin, bounded, reused while fresh."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        keepalive_timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[Connection] = []
+        self.open = 0  # connections open or being opened
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.connections_made = 0  # for tests and metrics
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None = None,
+        *,
+        chunked: bool = False,
+    ) -> Response:
+        """Send one request; returns once the response headers are in.
+
+        `headers` must already hold Host and, for a body, Content-Length unless `chunked` is set
+        (then Transfer-Encoding: chunked is added here and the body is framed as chunks).
+        """
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        if body is not None and chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        retry = body is None and method in RETRYABLE_METHODS
+        while True:
+            connection, reused = await self.acquire()
+            try:
+                return await self.exchange(connection, head, method == b"HEAD", body, chunked)
+            except UpstreamError as exc:
+                self.release(connection)
+                if retry and reused and exc.kind == "reset" and not connection.received_any:
+                    retry = False  # once: the next connection is a fresh one or just as stale
+                    continue
+                raise
+            except BaseException:
+                connection.abort()
+                self.release(connection)
+                raise
+
+    async def exchange(
+        self,
+        connection: Connection,
+        head: bytes,
+        head_only: bool,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+    ) -> Response:
+        connection.begin(head_only)
+        assert connection.headers_ready is not None
+        if body is None:
+            connection.write(head)
+            await connection.headers_ready
+            return Response(connection)
+        connection.write(head)
+        sender = asyncio.ensure_future(send_body(connection, body, chunked))
+        try:
+            # The upstream may answer before the body is complete (an early 413, say).
+            await asyncio.wait({sender, connection.headers_ready}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and sender.exception() is not None:
+                connection.abort()
+                raise sender.exception()  # type: ignore[misc]
+            await connection.headers_ready
+        except BaseException:
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            raise
+        if not sender.done():
+            # Answered early: stop sending and do not reuse a connection with half a body on it.
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            connection.body_unsent = True
+        return Response(connection)
+
+    async def acquire(self) -> tuple[Connection, bool]:
+        """A connection and whether it was reused; waits for a free slot up to connect_timeout."""
+        deadline = self.loop.time() + self.connect_timeout
+        while True:
+            now = self.loop.time()
+            while self.idle:
+                connection = self.idle.pop()
+                if not connection.closed and now - connection.idle_since < self.keepalive_timeout:
+                    return connection, True
+                connection.abort()  # stale: its slot is freed when the close completes
+            if self.open < self.max_connections:
+                self.open += 1
+                try:
+                    return await self.connect(), False
+                except BaseException:
+                    self.open -= 1
+                    self.wake_one()
+                    raise
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - now))
+            except TimeoutError:
+                raise UpstreamError("connect_timeout", "no free upstream connection in time") from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+
+    async def connect(self) -> Connection:
+        try:
+            _, connection = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise UpstreamError(
+                "connect_timeout", f"timed out connecting to {self.host}:{self.port}"
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                "connect_failed", f"cannot connect to {self.host}:{self.port}: {exc}"
+            ) from None
+        self.connections_made += 1
+        return connection
+
+    def release(self, connection: Connection) -> None:
+        if connection.reusable():
+            connection.parser = None
+            connection.idle_since = self.loop.time()
+            self.idle.append(connection)
+            self.wake_one()
+            return
+        connection.abort()
+        # forget() runs from connection_lost, which frees the slot.
+
+    def forget(self, connection: Connection) -> None:
+        """A connection closed: free its slot."""
+        if connection in self.idle:
+            self.idle.remove(connection)
+        if connection.slot_freed:
+            return
+        connection.slot_freed = True
+        self.open -= 1
+        self.wake_one()
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        for connection in list(self.idle):
+            connection.abort()
+        self.idle.clear()
+        await asyncio.sleep(0)
+
+
+async def send_body(connection: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue
+        if chunked:
+            connection.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        else:
+            connection.write(chunk)
+        await connection.drain()
+    if chunked:
+        connection.write(b"0\r\n\r\n")

@@ -1,0 +1,298 @@
+"""The upstream HTTP/1.1 client against real servers that answer in every way the wire allows."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from authcar.http1 import ConnectionPool, Response, UpstreamError
+from tests.upstream_app import serve_upstream
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[int]:
+    """A TCP server whose every connection runs `handler`; yields its port."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the test is over or the client went away: both are normal here
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def pool_for(port: int, **overrides: float) -> ConnectionPool:
+    options = {"connect_timeout": 2.0, "read_timeout": 2.0, "max_connections": 8, "keepalive_timeout": 30.0}
+    options.update(overrides)
+    return ConnectionPool(
+        "127.0.0.1",
+        port,
+        connect_timeout=options["connect_timeout"],
+        read_timeout=options["read_timeout"],
+        max_connections=int(options["max_connections"]),
+        keepalive_timeout=options["keepalive_timeout"],
+    )
+
+
+HOST = [(b"host", b"upstream")]
+
+
+async def body_of(response: Response) -> bytes:
+    parts = []
+    while chunk := await response.read():
+        parts.append(chunk)
+    response.release()
+    return b"".join(parts)
+
+
+async def test_content_length_chunked_and_eof_delimited_bodies() -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+        ]
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            answer = next(answers)
+            writer.write(answer)
+            await writer.drain()
+            if b"Connection: close" in answer:
+                return
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        assert await body_of(await pool.request(b"GET", b"/a", HOST)) == b"hello"
+        assert await body_of(await pool.request(b"GET", b"/b", HOST)) == b"abcde"
+        assert await body_of(await pool.request(b"GET", b"/c", HOST)) == b"until the end"
+        assert pool.connections_made == 1  # the first two shared one keep-alive connection
+        await pool.close()
+
+
+async def test_head_answer_does_not_wait_for_a_body_and_keeps_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_head(reader)
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port, read_timeout=1.0)
+        head = await pool.request(b"HEAD", b"/", HOST)
+        assert head.status == 200
+        assert (b"Content-Length", b"1000") in head.headers
+        assert await body_of(head) == b""
+        empty = await pool.request(b"GET", b"/", HOST)
+        assert empty.status == 204
+        assert await body_of(empty) == b""
+        assert pool.connections_made == 1
+        await pool.close()
+
+
+async def test_interim_answers_are_skipped_and_trailers_dropped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            b"4\r\nbody\r\n0\r\nX-Checksum: abc\r\nX-Injected: 1\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        response = await pool.request(b"GET", b"/", HOST)
+        assert response.status == 200
+        names = [name.lower() for name, _ in response.headers]
+        assert b"link" not in names
+        assert await body_of(response) == b"body"
+        assert b"x-injected" not in [name.lower() for name, _ in response.headers]
+        await pool.close()
+
+
+async def test_streams_request_bodies_with_length_and_chunked() -> None:
+    async with serve_upstream() as upstream:
+        pool = pool_for(upstream.port)
+        payload = bytes(range(256)) * 4096  # 1 MiB
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for start in range(0, len(payload), 65536):
+                yield payload[start : start + 65536]
+
+        sized = await pool.request(
+            b"POST", b"/upload", [*HOST, (b"content-length", str(len(payload)).encode())], pieces()
+        )
+        chunked = await pool.request(b"POST", b"/upload", HOST, pieces(), chunked=True)
+        expected = hashlib.sha256(payload).hexdigest().encode()
+        assert expected in await body_of(sized)
+        assert expected in await body_of(chunked)
+        assert upstream.seen[0].header("Content-Length") == str(len(payload))
+        assert upstream.seen[1].header("Transfer-Encoding") == "chunked"
+        await pool.close()
+
+
+async def test_a_reused_connection_closed_before_answering_is_retried_once_for_get_only() -> None:
+    requests_seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        requests_seen.append(head.split(b" ", 2)[1])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # Keep-alive in name only: read the next request, then drop it unanswered (the idle race).
+        await read_head(reader)
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        assert await body_of(await pool.request(b"GET", b"/first", HOST)) == b"ok"
+        assert await body_of(await pool.request(b"GET", b"/again", HOST)) == b"ok"
+        assert requests_seen == [b"/first", b"/again"]  # the retry went to a fresh connection
+
+        async def one_piece() -> AsyncIterator[bytes]:
+            yield b"x"
+
+        with pytest.raises(UpstreamError) as failed:
+            await pool.request(b"POST", b"/pay", [*HOST, (b"content-length", b"1")], one_piece())
+        assert failed.value.kind == "reset"
+        assert requests_seen == [b"/first", b"/again"]  # never sent twice
+        await pool.close()
+
+
+async def test_silence_times_out_but_a_slow_reader_does_not() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        if b"/silent" in head:
+            await asyncio.sleep(10)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n" + b"z" * 2097152)
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port, read_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as silent:
+            await pool.request(b"GET", b"/silent", HOST)
+        assert silent.value.kind == "read_timeout"
+        assert time.monotonic() - started < 2
+
+        big = await pool.request(b"GET", b"/big", HOST)
+        total = 0
+        while chunk := await big.read():
+            total += len(chunk)
+            if total < 600_000:
+                await asyncio.sleep(0.5)  # longer than read_timeout: back-pressure, not silence
+        assert total == 2097152
+        big.release()
+        await pool.close()
+
+
+async def test_connect_failures_are_named() -> None:
+    async with raw_server(lambda r, w: asyncio.sleep(0)) as port:
+        pass  # closed again: nothing listens on the port now
+    pool = pool_for(port)
+    with pytest.raises(UpstreamError) as refused:
+        await pool.request(b"GET", b"/", HOST)
+    assert refused.value.kind == "connect_failed"
+
+
+async def test_reset_mid_body_and_garbage_are_errors() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        if b"/garbage" in head:
+            writer.write(b"SMTP ready\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        writer.transport.abort()
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        cut = await pool.request(b"GET", b"/cut", HOST)
+        with pytest.raises(UpstreamError) as reset:
+            await body_of(cut)
+        assert reset.value.kind == "reset"
+        cut.release()
+        with pytest.raises(UpstreamError) as garbage:
+            await pool.request(b"GET", b"/garbage", HOST)
+        assert garbage.value.kind in ("protocol", "reset")
+        await pool.close()
+
+
+async def test_an_early_answer_stops_the_upload_and_retires_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"y" * 65536
+            await asyncio.sleep(0.01)
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        response = await asyncio.wait_for(pool.request(b"PUT", b"/", HOST, endless(), chunked=True), 5)
+        assert response.status == 413
+        assert await body_of(response) == b"big"
+        assert pool.idle == []  # half a request body is on that connection: never reused
+        await pool.close()
+
+
+async def test_the_pool_never_opens_more_than_its_limit() -> None:
+    open_now = 0
+    most = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await read_head(reader)
+                await asyncio.sleep(0.1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        finally:
+            open_now -= 1
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port, max_connections=2)
+
+        async def fetch() -> bytes:
+            return await body_of(await pool.request(b"GET", b"/", HOST))
+
+        bodies = await asyncio.gather(*(fetch() for _ in range(6)))
+        assert bodies == [b"ok"] * 6
+        assert most == 2
+        assert pool.connections_made == 2
+        await pool.close()
