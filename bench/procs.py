@@ -1,0 +1,134 @@
+"""Child-process bookkeeping for the benchmark: every process runs in its own
+session (process group) so that stopping it also stops whatever it forked
+(nginx workers, uvicorn workers)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+class BenchError(RuntimeError):
+    """A failure worth a one-line message rather than a traceback."""
+
+
+def free_port() -> int:
+    # Racy by nature (the port is released before the child binds it), but
+    # fine on a quiet loopback; a clash shows up as a child failing to start.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Children:
+    """Registry of started processes; `stop_all` is safe to call repeatedly."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        capture: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start argv in a new session; output goes to `log` (or /dev/null), or to pipes if `capture`."""
+        out: int | IO[bytes]
+        if capture:
+            out = subprocess.PIPE
+        elif log is not None:
+            out = log.open("ab")
+        else:
+            out = subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.PIPE if capture else subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child holds its own copy of the descriptor
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """SIGTERM the process group, then SIGKILL it if it lingers."""
+        if proc in self._procs:
+            self._procs.remove(proc)
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        # Kill the group even when the leader exited: workers may outlive it.
+        _signal_group(proc, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # With start_new_session the child's pid is also its process-group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """One GET; returns (status, body) including for 4xx/5xx answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def wait_http_ok(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    *,
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+) -> None:
+    """Poll `url` until it answers 200; fail fast if `proc` dies meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} before ready{_log_tail(log)}")
+        try:
+            status, _ = http_get(url, timeout=1.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise BenchError(f"{what} not ready after {timeout:.0f}s at {url} ({last}){_log_tail(log)}")
+
+
+def _log_tail(log: Path | None, lines: int = 20) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    if not tail:
+        return ""
+    return f"\n--- last lines of {log} ---\n" + "\n".join(tail)
