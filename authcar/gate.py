@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from authcar.errors import (
     BadGateway,
+    BadRequest,
     GatewayError,
     HeadersTooLarge,
     PayloadTooLarge,
     Unauthorized,
     send_error,
 )
-from authcar.headers import Framed, new_request_id
+from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.observe import format_time
 from authcar.types import ASGIApp, Receive, Scope, Send
@@ -74,10 +75,13 @@ class Gate:
 
             # 2. route
             path: str = scope["path"]
+            if not path.startswith("/"):
+                # `OPTIONS *` (asterisk-form): there is no path to authorize or to forward.
+                raise BadRequest("the request target must be a path", code="bad_request_target")
             if path.startswith(self.reserved_prefixes):
                 decision = "sidecar"
-                await self.reserved_app(scope, receive, send)
-                exchange.status = 200
+                own_scope, own_send = with_request_id(scope, send, request_id, exchange)
+                await self.reserved_app(own_scope, receive, own_send)
                 return
 
             # 3. authn
@@ -97,7 +101,8 @@ class Gate:
             if exchange.error:
                 metrics.upstream_errors.labels(kind=exchange.error).inc()
         except GatewayError as error:
-            exchange.status = error.status
+            # A client that left mid-upload gets no answer; log it as such, not as the app's failure.
+            exchange.status = 499 if exchange.client_gone else error.status
             if decision in ("allow", "anonymous"):
                 decision = "error"
             if isinstance(error, Unauthorized):
@@ -105,7 +110,7 @@ class Gate:
             if exchange.error:
                 metrics.upstream_errors.labels(kind=exchange.error).inc()
             exchange.bytes_out = await self.reject(
-                scope, send, error, request_id or new_request_id(), websocket
+                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )
         except Exception:
             # A bug, not a verdict: never let it through as a 500 with a traceback.
@@ -114,7 +119,7 @@ class Gate:
             decision = "error"
             error = BadGateway("the sidecar failed to handle the request", code="internal_error")
             exchange.bytes_out = await self.reject(
-                scope, send, error, request_id or new_request_id(), websocket
+                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )
         finally:
             metrics.in_flight.dec()
@@ -135,6 +140,10 @@ class Gate:
         framed = self.sidecar.header_rules.frame(
             raw_headers, scope.get("client"), scope.get("scheme", "http")
         )
+        # The protocol cuts off a head still incomplete past the limit; one that arrived whole in a
+        # single read (up to the socket read size) is only measured here.
+        if framed.head_bytes + len(scope.get("raw_path") or b"") > self.max_header_bytes:
+            raise HeadersTooLarge()
         if (
             self.max_body_bytes
             and framed.content_length is not None
@@ -152,12 +161,13 @@ class Gate:
         self, scope: Scope, send: Send, error: GatewayError, request_id: str, websocket: bool
     ) -> int:
         """Answer with the error, over HTTP or as a refused WebSocket handshake."""
-        if websocket:
-            return await send_error(wrap_websocket_send(send), error, request_id)
         try:
+            if websocket:
+                return await send_error(wrap_websocket_send(send), error, request_id)
             return await send_error(send, error, request_id, head=scope.get("method") == "HEAD")
-        except RuntimeError:
-            # The response had already started (e.g. a bug after the status line): nothing left to say.
+        except (RuntimeError, OSError):
+            # The response had already started (e.g. a bug after the status line), or the client is
+            # gone (uvicorn's ClientDisconnected is an OSError): nothing left to say.
             return 0
 
     def record(
@@ -190,6 +200,9 @@ class Gate:
         }
         if exchange.error:
             entry["upstream_error"] = exchange.error
+        tls = scope.get("extensions", {}).get("tls")
+        if tls is not None and tls["client_cert_name"]:
+            entry["client_cert"] = tls["client_cert_name"]
         access_log.write(entry)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
@@ -201,6 +214,30 @@ class Gate:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def with_request_id(scope: Scope, send: Send, request_id: str, exchange: Exchange) -> tuple[Scope, Send]:
+    """The sidecar's own endpoints see the request id the gate settled on, and answer with it.
+
+    The client's X-Request-Id may have been malformed and replaced; the endpoints must neither echo
+    that nor answer without one. The answer's status is recorded for the log line and metrics.
+    """
+    rid = request_id.encode()
+    headers = [(name, value) for name, value in scope["headers"] if name != b"x-request-id"]
+    headers.append((b"x-request-id", rid))
+
+    async def send_with_id(message: dict[str, Any]) -> None:  # type: ignore[override]
+        if message["type"] in ("http.response.start", "websocket.http.response.start"):
+            exchange.status = message["status"]
+            own = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"x-request-id"]
+            message = {**message, "headers": [*own, (b"x-request-id", rid)]}
+        elif message["type"] == "websocket.accept":
+            exchange.status = 101
+        elif message["type"] == "websocket.close" and not exchange.status:
+            exchange.status = 403  # a close before accept is answered 403 by the server
+        await send(message)
+
+    return {**scope, "headers": headers}, send_with_id
 
 
 def wrap_websocket_send(send: Send) -> Send:

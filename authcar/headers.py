@@ -34,8 +34,31 @@ HOP_BY_HOP = frozenset(
 # `host` is re-set explicitly; the forwarding family is re-derived below.
 REQUEST_DROP = HOP_BY_HOP | {b"expect", b"host"}
 
+# Re-derived by the sidecar: from a trusted proxy merged into what it sets, from anyone else dropped.
 FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
+# The rest of the family (X-Forwarded-Port, -Ssl, -Scheme, ...) and the client-IP headers CDNs set:
+# believed, and passed on as sent, only from a trusted proxy. Frameworks use them to decide the
+# scheme or the caller's address.
+FORWARDED_PREFIX = b"x-forwarded-"
+CLIENT_IP_NAMES = frozenset(
+    {
+        b"forwarded",
+        b"forwarded-for",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"front-end-https",
+        b"x-url-scheme",
+    }
 )
 
 # Headers whose only purpose is to tell the application who the caller is. Only the sidecar may set
@@ -61,13 +84,33 @@ IDENTITY_NAMES = frozenset(
         b"x-original-uri",
         b"x-forwarded-uri",
         b"x-forwarded-path",
+        b"x-forwarded-prefix",
         b"x-envoy-original-path",
+        # Method-override headers: the application would run a method the policy never saw.
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
+
+# One lookup classifies a (folded) request header name; names not listed are classed by prefix.
+IDENTITY, TRUSTED_ONLY = 1, 2
+RESTRICTED_NAMES: dict[bytes, int] = {
+    **dict.fromkeys(FORWARDING | CLIENT_IP_NAMES | {b"x-request-id"}, TRUSTED_ONLY),
+    **dict.fromkeys(IDENTITY_NAMES, IDENTITY),
+}
 
 RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+# Control bytes in a field value (RFC 9110 §5.5). aiohttp parses responses leniently and lets them
+# through; the server refuses to write them only after it has marked the response as started.
+FIELD_VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+class InvalidResponseHeader(ValueError):
+    """The upstream sent a header field that cannot be passed on."""
 
 
 def fold_name(name: bytes) -> bytes:
@@ -94,6 +137,14 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
+def request_id_from(raw: Headers) -> str:
+    """The client's X-Request-Id if well-formed, else a new one: for errors found before framing ended."""
+    for name, value in raw:
+        if name == b"x-request-id" and REQUEST_ID_PATTERN.fullmatch(value):
+            return value.decode("ascii")
+    return new_request_id()
+
+
 @dataclass(frozen=True, slots=True)
 class Framed:
     """What the gate learns from a request's headers, once."""
@@ -104,6 +155,7 @@ class Framed:
     client_ip: str  # the real client as far as trusted proxies tell
     content_length: int | None
     chunked: bool
+    head_bytes: int  # the header fields' size on the wire, at least
 
 
 class HeaderRules:
@@ -134,8 +186,10 @@ class HeaderRules:
         connection: list[bytes] = []
         forwarded: dict[bytes, bytes] = {}
         kept: list[tuple[bytes, bytes]] = []
+        head_bytes = 0
 
         for name, value in raw:
+            head_bytes += len(name) + len(value)
             if name in REQUEST_DROP:
                 if name == b"connection":
                     connection.append(value)
@@ -158,13 +212,24 @@ class HeaderRules:
                 if not request_id and REQUEST_ID_PATTERN.fullmatch(value):
                     request_id = value.decode("ascii")
                 continue
-            elif name in FORWARDING:
-                if trusted:
-                    # Several values are joined, as RFC 9110 allows for list headers.
-                    forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
-                continue
-            elif is_identity_header(name):
-                continue
+            else:
+                folded = fold_name(name)
+                kind = RESTRICTED_NAMES.get(folded)
+                if kind is None and folded.startswith(b"x-"):
+                    if folded.startswith(IDENTITY_PREFIXES):
+                        kind = IDENTITY
+                    elif folded.startswith(FORWARDED_PREFIX):
+                        kind = TRUSTED_ONLY
+                if kind is not None:
+                    # Identity only ever comes from the sidecar; the forwarding family only from a
+                    # trusted proxy, and never in a `_`/`.` spelling, which WSGI-style apps would read
+                    # as the real header.
+                    if kind == IDENTITY or not trusted or folded != name:
+                        continue
+                    if name in FORWARDING:
+                        # Several values are joined, as RFC 9110 allows for list headers.
+                        forwarded[name] = forwarded[name] + b", " + value if name in forwarded else value
+                        continue
             kept.append((name, value))
 
         if content_length is not None and chunked:
@@ -204,6 +269,7 @@ class HeaderRules:
             client_ip=client_ip,
             content_length=content_length,
             chunked=chunked,
+            head_bytes=head_bytes + 3 * len(raw),  # "name:value\r\n" is the shortest way to send a field
         )
 
     def real_client(self, chain: str, peer: str) -> str:
@@ -222,16 +288,23 @@ def parse_content_length(value: bytes) -> int:
     return int(text)
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes) -> Headers:
-    """Upstream response headers minus hop-by-hop ones (and those the upstream named in Connection)."""
+def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes, *, body: bool = True) -> Headers:
+    """Upstream response headers minus hop-by-hop ones (and those the upstream named in Connection).
+
+    `body=False` is for statuses that never have one (1xx, 204, 304): their Content-Length, legal on
+    a 304, would make the server wait for body bytes that never come and drop the connection.
+    Raises InvalidResponseHeader for a value the server would refuse to write.
+    """
     named: frozenset[bytes] = frozenset()
     out: Headers = []
     for name, value in raw:
         lower = name.lower()
         if lower == b"connection":
             named = named | connection_tokens((value,))
-        if lower in RESPONSE_DROP:
+        if lower in RESPONSE_DROP or (not body and lower == b"content-length"):
             continue
+        if FIELD_VALUE_CONTROL(value):
+            raise InvalidResponseHeader(lower.decode("latin-1"))
         out.append((lower, value))
     if named:
         out = [(n, v) for n, v in out if n not in named]

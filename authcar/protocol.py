@@ -55,7 +55,7 @@ class CorkedTransport:
     flushed on the next loop iteration, so a slow body never delays the head for long.
     """
 
-    __slots__ = ("transport", "loop", "held", "flush_handle")
+    __slots__ = ("flush_handle", "held", "loop", "transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport

@@ -17,7 +17,7 @@ import aiohttp
 from yarl import URL
 
 from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
-from authcar.headers import response_headers
+from authcar.headers import InvalidResponseHeader, response_headers
 from authcar.types import Receive, Scope, Send
 
 # The server answers these itself; forwarding them would start a second handshake upstream.
@@ -211,15 +211,23 @@ class Upstream:
         exchange: Exchange,
     ) -> None:
         status = response.status
+        has_body = status not in NO_BODY_STATUS
+        try:
+            # 1xx other than 101 never get here (aiohttp skips them); 101 without an Upgrade request
+            # and codes outside 2xx-5xx cannot be relayed.
+            if not 200 <= status <= 599:
+                raise InvalidResponseHeader(":status")
+            headers = response_headers(response.raw_headers, request_id, body=has_body)
+        except InvalidResponseHeader:
+            # Checked before anything is sent, while a 502 can still be answered.
+            response.close()
+            exchange.error = "protocol"
+            raise BadGateway(
+                "the application sent an invalid response", code="upstream_protocol_error"
+            ) from None
         exchange.status = status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": response_headers(response.raw_headers, request_id),
-            }
-        )
-        if scope["method"] == "HEAD" or status in NO_BODY_STATUS or status < 200:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if not has_body or scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
 
@@ -271,6 +279,8 @@ class Upstream:
                 protocols=tuple(scope.get("subprotocols") or ()),
                 autoclose=False,
                 autoping=True,
+                # Deflate on a localhost hop only burns CPU twice; the client's leg negotiates its own.
+                compress=0,
                 max_msg_size=MAX_WEBSOCKET_MESSAGE,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
             )
@@ -284,9 +294,13 @@ class Upstream:
             exchange.error = kind
             raise error from None
         exchange.upstream_seconds = time.perf_counter() - started
-        exchange.status = 101
         async with ws:
-            await send({"type": "websocket.accept", "subprotocol": ws.protocol})
+            try:
+                await send({"type": "websocket.accept", "subprotocol": ws.protocol})
+            except OSError:  # the client left while the upstream handshake was under way
+                exchange.client_gone = True
+                return
+            exchange.status = 101
             to_upstream = asyncio.create_task(client_to_upstream(receive, ws, exchange))
             to_client = asyncio.create_task(upstream_to_client(ws, send, exchange))
             done, pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
@@ -342,7 +356,8 @@ async def upstream_to_client(ws: aiohttp.ClientWebSocketResponse, send: Send, ex
             exchange.bytes_out += len(message.data)
             await send({"type": "websocket.send", "bytes": message.data})
         elif message.type == aiohttp.WSMsgType.CLOSE:
-            code = message.data if isinstance(message.data, int) else 1000
+            # aiohttp reports a close frame without a status as 0, which neither leg may send back.
+            code = message.data if isinstance(message.data, int) and message.data else 1000
             await ws.close(code=code)
             await send({"type": "websocket.close", "code": code, "reason": message.extra or ""})
             return

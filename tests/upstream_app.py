@@ -21,6 +21,7 @@ class Seen:
     method: str
     raw_path: str
     headers: list[tuple[str, str]]
+    peer_port: int = 0  # the sidecar's side of the upstream connection: counts pooled connections
 
     def header(self, name: str) -> str | None:
         values = self.all(name)
@@ -35,15 +36,23 @@ class RunningUpstream:
     url: str
     port: int
     seen: list[Seen] = field(default_factory=list)
+    ws_closes: list[int | None] = field(default_factory=list)  # close codes the /ws endpoint received
 
     def paths(self) -> list[str]:
         return [s.raw_path for s in self.seen]
 
+    def connections(self) -> set[int]:
+        """Distinct upstream connections the requests seen so far arrived on."""
+        return {s.peer_port for s in self.seen}
 
-def make_app(seen: list[Seen]) -> web.Application:
+
+def make_app(seen: list[Seen], ws_closes: list[int | None] | None = None) -> web.Application:
+    ws_closes = [] if ws_closes is None else ws_closes
+
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        seen.append(Seen(request.method, request.raw_path, decoded_headers(request)))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(Seen(request.method, request.raw_path, decoded_headers(request), peer[1] if peer else 0))
         return await handler(request)
 
     async def echo(request: web.Request) -> web.Response:
@@ -61,6 +70,8 @@ def make_app(seen: list[Seen]) -> web.Application:
 
     async def upload(request: web.Request) -> web.Response:
         # Streams the body without keeping it: the proxy must not buffer either.
+        # ?pause=S first leaves the body unread for S seconds (a stalled app: backpressure must hold).
+        await asyncio.sleep(float(request.query.get("pause", "0")))
         digest = hashlib.sha256()
         total = 0
         async for chunk in request.content.iter_any():
@@ -75,6 +86,9 @@ def make_app(seen: list[Seen]) -> web.Application:
         if request.query.get("length") == "1":
             response.content_length = size
         await response.prepare(request)
+        if request.method == "HEAD":  # aiohttp would write the body after a HEAD's head
+            await response.write_eof()
+            return response
         block = pattern(chunk)
         sent = 0
         while sent < size:
@@ -106,6 +120,13 @@ def make_app(seen: list[Seen]) -> web.Application:
         request.transport.abort()  # RST mid-body
         return response
 
+    async def abort(request: web.Request) -> web.Response:
+        # Takes the whole request, then drops the connection without a word (an app crashing mid-request).
+        await request.read()
+        assert request.transport is not None
+        request.transport.abort()
+        raise web.HTTPInternalServerError  # never written: the connection is gone
+
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
         headers = {"Location": "/elsewhere"} if 300 <= code < 400 else {}
@@ -135,6 +156,7 @@ def make_app(seen: list[Seen]) -> web.Application:
                 await ws.send_str("echo:" + message.data)
             elif message.type == WSMsgType.BINARY:
                 await ws.send_bytes(b"echo:" + message.data)
+        ws_closes.append(ws.close_code)
         return ws
 
     app = web.Application(middlewares=[record], client_max_size=0)
@@ -143,6 +165,7 @@ def make_app(seen: list[Seen]) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/slow-body", slow_body)
     app.router.add_get("/reset", reset)
+    app.router.add_route("*", "/abort", abort)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/hop", hop_headers)
     app.router.add_get("/ws", websocket)
@@ -161,15 +184,54 @@ def pattern(size: int) -> bytes:
 @asynccontextmanager
 async def serve_upstream(host: str = "127.0.0.1") -> AsyncIterator[RunningUpstream]:
     seen: list[Seen] = []
-    runner = web.AppRunner(make_app(seen), access_log=None, handle_signals=False)
+    ws_closes: list[int | None] = []
+    runner = web.AppRunner(make_app(seen, ws_closes), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield RunningUpstream(url=f"http://{host}:{port}", port=port, seen=seen)
+        yield RunningUpstream(url=f"http://{host}:{port}", port=port, seen=seen, ws_closes=ws_closes)
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class RawUpstream:
+    """A hand-written upstream for answers aiohttp.web will not produce (trailers, broken framing)."""
+
+    url: str
+    port: int
+    connections: int = 0
+    heads: list[bytes] = field(default_factory=list)  # every request head received, verbatim
+
+
+@asynccontextmanager
+async def serve_raw(reply: bytes | None, host: str = "127.0.0.1") -> AsyncIterator[RawUpstream]:
+    """Per connection: read one request head, write `reply` verbatim and close; None closes unanswered."""
+    state = RawUpstream(url="", port=0)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            state.heads.append(head)
+            if reply is not None:
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, 0)
+    state.port = server.sockets[0].getsockname()[1]
+    state.url = f"http://{host}:{state.port}"
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def main() -> None:
