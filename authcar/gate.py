@@ -92,12 +92,9 @@ class Gate:
 
             # 6. forward
             if websocket:
-                await sidecar.upstream.forward_websocket(scope, receive, send, framed.headers, exchange)
+                await sidecar.upstream.forward_websocket(scope, receive, send, framed, exchange)
             else:
-                has_body = framed.chunked or bool(framed.content_length)
-                await sidecar.upstream.forward(
-                    scope, receive, send, framed.headers, request_id.encode(), has_body, exchange
-                )
+                await sidecar.upstream.forward(scope, receive, send, framed, exchange)
             if exchange.error:
                 metrics.upstream_errors.labels(kind=exchange.error).inc()
         except GatewayError as error:
@@ -140,10 +137,6 @@ class Gate:
         framed = self.sidecar.header_rules.frame(
             raw_headers, scope.get("client"), scope.get("scheme", "http")
         )
-        # The protocol cuts off a head still incomplete past the limit; one that arrived whole in a
-        # single read (up to the socket read size) is only measured here.
-        if framed.head_bytes + len(scope.get("raw_path") or b"") > self.max_header_bytes:
-            raise HeadersTooLarge()
         if (
             self.max_body_bytes
             and framed.content_length is not None

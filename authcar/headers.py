@@ -149,13 +149,13 @@ def request_id_from(raw: Headers) -> str:
 class Framed:
     """What the gate learns from a request's headers, once."""
 
-    headers: list[tuple[str, str]]  # to send upstream, identity and hop-by-hop headers removed
+    headers: list[tuple[bytes, bytes]]  # to send upstream, identity and hop-by-hop headers removed
     request_id: str
+    request_id_bytes: bytes
     host: str
     client_ip: str  # the real client as far as trusted proxies tell
     content_length: int | None
     chunked: bool
-    head_bytes: int  # the header fields' size on the wire, at least
 
 
 class HeaderRules:
@@ -164,7 +164,7 @@ class HeaderRules:
     def __init__(self, trusted_proxies: Iterable[str], *, pass_host_header: bool, upstream_host: str) -> None:
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.pass_host_header = pass_host_header
-        self.upstream_host = upstream_host
+        self.upstream_host = upstream_host.encode("latin-1")
 
     def is_trusted(self, address: str) -> bool:
         if not self.trusted:
@@ -186,15 +186,17 @@ class HeaderRules:
         connection: list[bytes] = []
         forwarded: dict[bytes, bytes] = {}
         kept: list[tuple[bytes, bytes]] = []
-        head_bytes = 0
 
         for name, value in raw:
-            head_bytes += len(name) + len(value)
             if name in REQUEST_DROP:
                 if name == b"connection":
                     connection.append(value)
                 elif name == b"transfer-encoding":
                     # The server's parser has already de-chunked the body; we re-frame it ourselves.
+                    # Anything but one plain "chunked" is a coding we do not speak or a smuggling
+                    # attempt (RFC 9112 §6.1): refuse rather than guess where the body ends.
+                    if chunked or value.strip().lower() != b"chunked":
+                        raise BadRequest("unsupported Transfer-Encoding", code="bad_transfer_encoding")
                     chunked = True
                 elif name == b"host":
                     if host:
@@ -242,34 +244,37 @@ class HeaderRules:
             kept = [(n, v) for n, v in kept if n not in named]
 
         client_ip = peer
+        peer_bytes = peer.encode("latin-1")
         if trusted and b"x-forwarded-for" in forwarded:
-            chain = forwarded[b"x-forwarded-for"].decode("latin-1")
-            xff = f"{chain}, {peer}"
-            client_ip = self.real_client(chain, peer)
+            chain = forwarded[b"x-forwarded-for"]
+            xff = chain + b", " + peer_bytes
+            client_ip = self.real_client(chain.decode("latin-1"), peer)
         else:
-            xff = peer
-        proto = forwarded.get(b"x-forwarded-proto", b"").decode("latin-1") if trusted else ""
-        fwd_host = forwarded.get(b"x-forwarded-host", b"").decode("latin-1") if trusted else ""
+            xff = peer_bytes
+        proto = forwarded.get(b"x-forwarded-proto", b"") if trusted else b""
+        fwd_host = forwarded.get(b"x-forwarded-host", b"") if trusted else b""
+        host_bytes = host.encode("latin-1")
 
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept]
-        headers.append(("host", host if (self.pass_host_header and host) else self.upstream_host))
+        headers = kept
+        headers.append((b"host", host_bytes if (self.pass_host_header and host) else self.upstream_host))
         if xff:
-            headers.append(("x-forwarded-for", xff))
-        headers.append(("x-forwarded-proto", proto or scheme))
+            headers.append((b"x-forwarded-for", xff))
+        headers.append((b"x-forwarded-proto", proto or scheme.encode("latin-1")))
         if fwd_host or host:
-            headers.append(("x-forwarded-host", fwd_host or host))
+            headers.append((b"x-forwarded-host", fwd_host or host_bytes))
         if trusted and b"forwarded" in forwarded:
-            headers.append(("forwarded", forwarded[b"forwarded"].decode("latin-1")))
+            headers.append((b"forwarded", forwarded[b"forwarded"]))
         request_id = request_id or new_request_id()
-        headers.append(("x-request-id", request_id))
+        request_id_bytes = request_id.encode("ascii")
+        headers.append((b"x-request-id", request_id_bytes))
         return Framed(
             headers=headers,
             request_id=request_id,
+            request_id_bytes=request_id_bytes,
             host=host,
             client_ip=client_ip,
             content_length=content_length,
             chunked=chunked,
-            head_bytes=head_bytes + 3 * len(raw),  # "name:value\r\n" is the shortest way to send a field
         )
 
     def real_client(self, chain: str, peer: str) -> str:

@@ -169,8 +169,12 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.body_unsent = False
         self.keep_alive = False
+
+    def request_sent(self) -> None:
+        """From here on, silence is the upstream's: start the read timeout."""
         self.last_activity = self.loop.time()
-        self.arm_timer(self.pool.read_timeout)
+        if self.timer is None and not self.complete and self.error is None:
+            self.arm_timer(self.pool.read_timeout)
 
     def eof_delimited(self) -> bool:
         for name, _ in self.headers:
@@ -345,6 +349,13 @@ class ConnectionPool:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
+        if body is not None:
+            # Nothing goes upstream until the client's body has really started: a request whose
+            # body never comes (or is refused by the server's parser) never reaches the app, and
+            # head and first chunk share one write.
+            first = await anext(body, b"")
+            if first:
+                head += b"%x\r\n" % len(first) + first + b"\r\n" if chunked else first
         retry = body is None and method in RETRYABLE_METHODS
         while True:
             connection, reused = await self.acquire()
@@ -373,6 +384,7 @@ class ConnectionPool:
         assert connection.headers_ready is not None
         if body is None:
             connection.write(head)
+            connection.request_sent()
             await connection.headers_ready
             return Response(connection)
         connection.write(head)
@@ -383,6 +395,7 @@ class ConnectionPool:
             if sender.done() and sender.exception() is not None:
                 connection.abort()
                 raise sender.exception()  # type: ignore[misc]
+            connection.request_sent()
             await connection.headers_ready
         except BaseException:
             sender.cancel()

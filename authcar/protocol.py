@@ -98,8 +98,9 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().connection_made(transport)
             self.tls = tls_extension(transport)
             self.in_head = True
-            self.head_bytes = 0
+            self.head_bytes = 0  # raw bytes read while a head is incomplete
             self.header_count = 0
+            self.header_size = 0  # parsed header bytes of the current head
             self.limit_error: GatewayError | None = None
 
         def data_received(self, data: bytes) -> None:
@@ -131,15 +132,20 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 raise self.fail(URITooLong())
 
         def on_header(self, name: bytes, value: bytes) -> None:
+            # Exact size of what was parsed, for heads that arrived whole in one read.
             self.header_count += 1
+            self.header_size += len(name) + len(value) + 4
             if self.header_count > self.head_limits.max_header_count:
                 raise self.fail(HeadersTooLarge("too many request headers"))
+            if self.header_size + len(self.url) > self.head_limits.max_head_bytes:
+                raise self.fail(HeadersTooLarge())
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self.in_head = False
             self.head_bytes = 0
             self.header_count = 0
+            self.header_size = 0
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None and cycle.scope is self.scope:

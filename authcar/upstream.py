@@ -1,14 +1,17 @@
 """Forwarding to the application on localhost: HTTP streamed both ways, and WebSockets bridged.
 
-aiohttp is the client on this path (see docs/decisions.md): a pooled keep-alive connection costs
-about an eighth of httpx's CPU per request. Redirects are never followed, nothing is retried, bodies
-are never buffered whole, and compression is left to the two ends.
+HTTP goes through `authcar.http1`, our keep-alive HTTP/1.1 pool (see docs/decisions.md, decision 8:
+it costs a fraction of a general-purpose client per request). WebSockets, rare and long-lived, go
+through aiohttp. Redirects are never followed, bodies are never buffered whole, compression is left
+to the two ends, and the only retry is an idempotent body-less request whose reused connection had
+been closed by the upstream before it saw the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,12 +20,13 @@ import aiohttp
 from yarl import URL
 
 from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
-from authcar.headers import InvalidResponseHeader, response_headers
+from authcar.headers import Framed, InvalidResponseHeader, response_headers
+from authcar.http1 import ConnectionPool, Response, UpstreamError
 from authcar.types import Receive, Scope, Send
 
 # The server answers these itself; forwarding them would start a second handshake upstream.
 WEBSOCKET_HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
+    {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
 NO_BODY_STATUS = frozenset({204, 304})
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
@@ -45,7 +49,7 @@ class Exchange:
 
 
 class RequestBody:
-    """The client's body as an async iterator for aiohttp, enforcing the size limit while streaming."""
+    """The client's body as an async iterator, enforcing the size limit while streaming."""
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
@@ -74,7 +78,7 @@ class RequestBody:
 
 
 class Upstream:
-    """The pooled client for the application; one per process, built at startup."""
+    """The clients for the application; one per process, built at startup, started in the loop."""
 
     def __init__(
         self,
@@ -88,56 +92,62 @@ class Upstream:
     ) -> None:
         base = URL(url)
         self.origin = str(base.origin())
-        self.base_path = base.raw_path.rstrip("/")
+        self.host = base.host or "127.0.0.1"
+        self.port = base.port or (443 if base.scheme == "https" else 80)
+        self.tls = base.scheme == "https"
+        self.base_path = base.raw_path.rstrip("/").encode("latin-1")
         self.host_header = base.raw_authority
         self.max_body_bytes = max_body_bytes
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
+        self.pool: ConnectionPool | None = None
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
+        self.pool = ConnectionPool(
+            self.host,
+            self.port,
+            tls=ssl.create_default_context() if self.tls else None,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_connections=self.max_connections,
             keepalive_timeout=self.keepalive_timeout,
-            ttl_dns_cache=300,
         )
         self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
             auto_decompress=False,
             # The upstream sees the client's headers, not aiohttp's defaults.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
             max_line_size=65536,
             max_field_size=65536,
-            read_bufsize=65536,
         )
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         if self.session is not None:
             await self.session.close()
             self.session = None
 
-    def target(self, scope: Scope, *, websocket: bool = False) -> URL:
-        """The upstream URL: the request's raw path and query, byte for byte."""
+    def target(self, scope: Scope) -> bytes:
+        """The request target sent upstream: the request's raw path and query, byte for byte."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        url = self.origin + self.base_path + raw_path.decode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        if query:
-            url += "?" + query.decode("latin-1")
-        if websocket:
-            url = "ws" + url[4:] if url.startswith("http") else url
-        return URL(url, encoded=True)
+        target = self.base_path + raw_path
+        return target + b"?" + query if query else target
+
+    def websocket_url(self, scope: Scope) -> URL:
+        scheme = "wss" if self.tls else "ws"
+        return URL(f"{scheme}://{self.host_header}" + self.target(scope).decode("latin-1"), encoded=True)
 
     async def probe(self, wait: float = 1.0) -> str | None:
         """Readiness: can a TCP connection to the upstream be opened? Returns a problem or None."""
-        base = URL(self.origin)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(base.host, base.port), wait)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), wait)
         except (OSError, TimeoutError) as exc:
             return f"cannot connect to {self.origin}: {exc.__class__.__name__}"
         writer.close()
@@ -146,14 +156,7 @@ class Upstream:
         return None
 
     async def forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[str, str]],
-        request_id: bytes,
-        has_body: bool,
-        exchange: Exchange,
+        self, scope: Scope, receive: Receive, send: Send, framed: Framed, exchange: Exchange
     ) -> None:
         """Send the request upstream and stream the answer back.
 
@@ -161,17 +164,17 @@ class Upstream:
         started, an upstream failure aborts the client connection instead (a truncated body must not
         look complete).
         """
-        assert self.session is not None, "Upstream.start() was not awaited"
-        method: str = scope["method"]
+        assert self.pool is not None, "Upstream.start() was not awaited"
+        has_body = framed.chunked or bool(framed.content_length)
         body = RequestBody(receive, self.max_body_bytes) if has_body else None
         started = time.perf_counter()
         try:
-            response = await self.session.request(
-                method,
+            response = await self.pool.request(
+                scope["method"].encode("ascii"),
                 self.target(scope),
-                headers=headers,
-                data=body.chunks() if body is not None else None,
-                allow_redirects=False,
+                framed.headers,
+                body.chunks() if body is not None else None,
+                chunked=framed.chunked,
             )
         except GatewayError:
             raise
@@ -179,9 +182,8 @@ class Upstream:
             raise self.request_failure(exc, body, exchange) from None
         exchange.upstream_seconds = time.perf_counter() - started
         exchange.bytes_in = body.received if body is not None else 0
-
         try:
-            await self.relay_response(scope, receive, send, response, request_id, body, exchange)
+            await self.relay_response(scope, receive, send, response, framed.request_id_bytes, body, exchange)
         finally:
             response.release()
 
@@ -205,7 +207,7 @@ class Upstream:
         scope: Scope,
         receive: Receive,
         send: Send,
-        response: aiohttp.ClientResponse,
+        response: Response,
         request_id: bytes,
         body: RequestBody | None,
         exchange: Exchange,
@@ -213,11 +215,11 @@ class Upstream:
         status = response.status
         has_body = status not in NO_BODY_STATUS
         try:
-            # 1xx other than 101 never get here (aiohttp skips them); 101 without an Upgrade request
-            # and codes outside 2xx-5xx cannot be relayed.
+            # Interim 1xx answers never get here (the client skips them); 101 without an Upgrade
+            # request and codes outside 2xx-5xx cannot be relayed.
             if not 200 <= status <= 599:
                 raise InvalidResponseHeader(":status")
-            headers = response_headers(response.raw_headers, request_id, body=has_body)
+            headers = response_headers(response.headers, request_id, body=has_body)
         except InvalidResponseHeader:
             # Checked before anything is sent, while a 502 can still be answered.
             response.close()
@@ -231,13 +233,12 @@ class Upstream:
             await send({"type": "http.response.body", "body": b""})
             return
 
-        content = response.content
         watcher: asyncio.Task[None] | None = None
         try:
-            chunk = await content.readany()
+            chunk = await response.read()
             while chunk:
                 exchange.bytes_out += len(chunk)
-                if content.at_eof():
+                if response.at_eof():
                     # Small answers arrive whole: one send instead of two.
                     await send({"type": "http.response.body", "body": chunk})
                     return
@@ -245,7 +246,7 @@ class Upstream:
                     # A long download to a client that left would run on for nothing.
                     watcher = asyncio.create_task(watch_disconnect(receive, response))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = await content.readany()
+                chunk = await response.read()
             if watcher is not None and watcher.done():
                 exchange.client_gone = True
                 return
@@ -263,18 +264,22 @@ class Upstream:
                 watcher.cancel()
 
     async def forward_websocket(
-        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]], exchange: Exchange
+        self, scope: Scope, receive: Receive, send: Send, framed: Framed, exchange: Exchange
     ) -> None:
         """Open the upstream WebSocket first, then accept the client, then bridge until either closes."""
         assert self.session is not None, "Upstream.start() was not awaited"
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        upstream_headers = [(n, v) for n, v in headers if n not in WEBSOCKET_HANDSHAKE]
+        upstream_headers = [
+            (n.decode("latin-1"), v.decode("latin-1"))
+            for n, v in framed.headers
+            if n not in WEBSOCKET_HANDSHAKE
+        ]
         started = time.perf_counter()
         try:
             ws = await self.session.ws_connect(
-                self.target(scope, websocket=True),
+                self.websocket_url(scope),
                 headers=upstream_headers,
                 protocols=tuple(scope.get("subprotocols") or ()),
                 autoclose=False,
@@ -314,7 +319,7 @@ class Upstream:
                     exchange.error = "websocket_" + task.exception().__class__.__name__
 
 
-async def watch_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+async def watch_disconnect(receive: Receive, response: Response) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -368,8 +373,20 @@ async def upstream_to_client(ws: aiohttp.ClientWebSocketResponse, send: Send, ex
             return
 
 
+UPSTREAM_ERRORS: dict[str, tuple[type[GatewayError], str, str]] = {
+    "connect_failed": (BadGateway, "cannot connect to the application", "upstream_unavailable"),
+    "connect_timeout": (BadGateway, "timed out connecting to the application", "upstream_connect_timeout"),
+    "read_timeout": (GatewayTimeout, "the application did not answer in time", "upstream_timeout"),
+    "reset": (BadGateway, "the application closed the connection", "upstream_reset"),
+    "protocol": (BadGateway, "the application sent an invalid response", "upstream_protocol_error"),
+}
+
+
 def classify(exc: BaseException) -> tuple[str, GatewayError]:
     """Map a client-side failure to (metric kind, error for the client)."""
+    if isinstance(exc, UpstreamError):
+        error_type, description, code = UPSTREAM_ERRORS[exc.kind]
+        return exc.kind, error_type(description, code=code)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect_timeout", BadGateway(
             "timed out connecting to the application", code="upstream_connect_timeout"
