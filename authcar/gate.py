@@ -29,6 +29,7 @@ from authcar.errors import (
 )
 from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
+from authcar.observe import AccessEntry
 from authcar.types import ASGIApp, Receive, Scope, Send
 from authcar.upstream import Exchange
 
@@ -176,26 +177,25 @@ class Gate:
         if not access_log.enabled:
             return
         client = scope.get("client")
-        entry: dict[str, Any] = {
-            "time": access_log.timestamp(time.time()),
-            "request_id": request_id,
-            "client": client[0] if client else "",
-            "method": scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
-            "path": scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
-            "status": status,
-            "bytes_in": exchange.bytes_in,
-            "bytes_out": exchange.bytes_out,
-            "duration_ms": round(duration * 1000, 3),
-            "upstream_ms": round(exchange.upstream_seconds * 1000, 3),
-            "decision": decision,
-            "subject": identity.subject,
-        }
-        if exchange.error:
-            entry["upstream_error"] = exchange.error
         tls = scope.get("extensions", {}).get("tls")
-        if tls is not None and tls["client_cert_name"]:
-            entry["client_cert"] = tls["client_cert_name"]
-        access_log.write(entry)
+        access_log.write(
+            AccessEntry(
+                time=time.time(),
+                request_id=request_id,
+                client=client[0] if client else "",
+                method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
+                path=scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
+                status=status,
+                bytes_in=exchange.bytes_in,
+                bytes_out=exchange.bytes_out,
+                duration=duration,
+                upstream=exchange.upstream_seconds,
+                decision=decision,
+                subject=identity.subject,
+                upstream_error=exchange.error,
+                client_cert=(tls["client_cert_name"] or "") if tls is not None else "",
+            )
+        )
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         # The server drives start and stop of the sidecar itself; a lifespan from elsewhere is a no-op.

@@ -9,7 +9,7 @@ import re
 
 import httpx
 
-from authcar.observe import AccessLog, JsonFormatter, TextFormatter
+from authcar.observe import AccessEntry, AccessLog, JsonFormatter, TextFormatter
 from tests.conftest import RunningSidecar, start_sidecar
 from tests.upstream_app import RunningUpstream
 
@@ -97,25 +97,49 @@ async def test_access_log_has_one_json_line_per_request(upstream: RunningUpstrea
     assert lines[1]["status"] == 404
 
 
+def entry(**overrides: object) -> AccessEntry:
+    fields: dict[str, object] = {
+        "time": 1795348800.25,  # 2026-11-22T12:00:00.250Z
+        "request_id": "abc",
+        "client": "10.0.0.1",
+        "method": "GET",
+        "path": "/x",
+        "status": 200,
+        "bytes_in": 0,
+        "bytes_out": 12,
+        "duration": 0.0015,
+        "upstream": 0.001,
+        "decision": "allow",
+        "subject": "",
+        "upstream_error": "",
+        "client_cert": "",
+    }
+    fields.update(overrides)
+    return AccessEntry(**fields)  # type: ignore[arg-type]
+
+
 def test_text_access_log_is_one_readable_line() -> None:
     stream = io.StringIO()
-    log = AccessLog(True, "text", stream)
-    log.write(
-        {
-            "time": "2026-11-22T12:00:00.000Z",
-            "client": "10.0.0.1",
-            "method": "GET",
-            "path": "/x",
-            "status": 200,
-            "bytes_out": 12,
-            "duration_ms": 1.5,
-            "request_id": "abc",
-            "decision": "allow",
-        }
+    AccessLog(True, "text", stream).write(entry(subject="alice"))
+    assert stream.getvalue() == (
+        "2026-11-22T12:00:00.250Z 10.0.0.1 GET /x 200 12B 1.500ms id=abc decision=allow subject=alice\n"
     )
-    assert (
-        stream.getvalue() == "2026-11-22T12:00:00.000Z 10.0.0.1 GET /x 200 12B 1.5ms id=abc decision=allow\n"
+
+
+def test_json_access_lines_stay_valid_json_whatever_the_path_or_subject() -> None:
+    stream = io.StringIO()
+    hostile = '/a"b\\c\u2028\x00%22\n'
+    AccessLog(True, "json", stream).write(
+        entry(path=hostile, subject='bob","admin":true', client_cert='CN="x"', upstream_error="reset")
     )
+    line = json.loads(stream.getvalue())
+    assert line["path"] == hostile
+    assert line["subject"] == 'bob","admin":true'
+    assert "admin" not in line
+    assert line["client_cert"] == 'CN="x"'
+    assert line["upstream_error"] == "reset"
+    assert line["duration_ms"] == 1.5
+    assert line["time"] == "2026-11-22T12:00:00.250Z"
 
 
 def test_event_logs_are_structured() -> None:
