@@ -64,6 +64,12 @@ class NotFound(GatewayError):
     description = "no such endpoint"
 
 
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+    description = "this method is not accepted by the sidecar"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "body_too_large"

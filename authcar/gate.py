@@ -23,6 +23,7 @@ from authcar.errors import (
     BadRequest,
     GatewayError,
     HeadersTooLarge,
+    MethodNotAllowed,
     PayloadTooLarge,
     Unauthorized,
     send_error,
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("authcar.gate")
 
 WELL_KNOWN_PREFIX = "/.well-known/authcar/"
+# TRACE echoes the request, with the identity headers the sidecar adds, back to the caller (XST);
+# CONNECT would turn the sidecar into a tunnel. Neither has a place in front of an application.
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 
 
 class Gate:
@@ -78,6 +82,8 @@ class Gate:
             if not path.startswith("/"):
                 # `OPTIONS *` (asterisk-form): there is no path to authorize or to forward.
                 raise BadRequest("the request target must be a path", code="bad_request_target")
+            if scope.get("method") in REFUSED_METHODS:
+                raise MethodNotAllowed()
             if path.startswith(self.reserved_prefixes):
                 decision = "sidecar"
                 own_scope, own_send = with_request_id(scope, send, request_id, exchange)

@@ -105,6 +105,21 @@ def configure_logging(log_format: str, level: str, stream: IO[str] | None = None
     access.disabled = True
 
 
+# uvicorn reports these as errors, but for authcar they are deliberate: a response cut short because
+# the upstream failed mid-stream (closing is the only honest signal left, and the access line records
+# `*_mid_stream`), and a WebSocket handshake answered with an HTTP denial.
+INTENDED_ABORTS = frozenset(
+    {
+        "ASGI callable returned without completing response.",
+        "ASGI callable returned without completing handshake.",
+    }
+)
+
+
+def drop_intended_aborts(record: logging.LogRecord) -> bool:
+    return record.msg not in INTENDED_ABORTS
+
+
 class AccessEntry(NamedTuple):
     """The facts of one answered request, kept raw until the batch is formatted."""
 

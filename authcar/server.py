@@ -28,7 +28,7 @@ import uvicorn
 
 from authcar.app import Sidecar
 from authcar.config import Settings
-from authcar.observe import configure_logging
+from authcar.observe import configure_logging, drop_intended_aborts
 from authcar.protocol import GateWebSocketProtocol, HeadLimits, http_protocol
 
 log = logging.getLogger("authcar")
@@ -121,6 +121,8 @@ class Service:
     def __init__(self, settings: Settings, listeners: Listeners) -> None:
         self.settings = settings
         self.listeners = listeners
+        # Logger filters are process-wide; adding the same function twice is a no-op.
+        logging.getLogger("uvicorn.error").addFilter(drop_intended_aborts)
         self.sidecar = Sidecar(settings)
         public_config = uvicorn_config(self.sidecar.public_app, settings, public=True)
         public_config.load()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -892,3 +893,29 @@ async def test_concurrent_requests_are_all_answered_correctly(
         assert answer["raw_path"] == f"/c/{i}"
         assert answer["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert len(upstream.seen) == 100
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
+async def test_trace_and_connect_are_refused_before_upstream(
+    sidecar: RunningSidecar, upstream: RunningUpstream, method: str
+) -> None:
+    # TRACE would echo the identity headers the sidecar adds back to the caller (cross-site tracing).
+    target = "127.0.0.1:443" if method == "CONNECT" else "/echo"
+    response = await send_raw(sidecar.port, request_bytes(method, target))
+    assert response.status in (400, 405)
+    assert set(response.json()) == ERROR_KEYS
+    if method == "TRACE":
+        assert response.status == 405
+        assert response.json()["error"] == "method_not_allowed"
+    await asyncio.sleep(0.1)
+    assert upstream.seen == []
+
+
+async def test_a_deliberate_mid_stream_abort_is_not_logged_as_an_error(
+    sidecar: RunningSidecar, upstream: RunningUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with httpx.AsyncClient(base_url=sidecar.url, timeout=5) as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.get("/reset")
+        assert (await client.get("/after-reset")).status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "ASGI callable" in r.getMessage()]
