@@ -139,6 +139,8 @@ class AccessEntry(NamedTuple):
     client_cert: str
 
 
+FLUSH_ENTRIES = 256
+
 # Only path, subject and client_cert can hold arbitrary text and get JSON-escaped; every other field is
 # a number, one of our own words, or a value already validated to a safe alphabet.
 JSON_LINE = (
@@ -168,6 +170,10 @@ class AccessLog:
 
     def write(self, entry: AccessEntry) -> None:
         self.buffer.append(entry)
+        if len(self.buffer) >= FLUSH_ENTRIES:
+            # Under load, small regular batches: one huge batch would stall every request behind it.
+            self.flush()
+            return
         if self.flush_handle is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -216,7 +222,9 @@ class AccessLog:
         return line + "}"
 
     def flush(self) -> None:
-        self.flush_handle = None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
         if not self.buffer:
             return
         entries, self.buffer = self.buffer, []
