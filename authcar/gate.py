@@ -43,6 +43,8 @@ WELL_KNOWN_PREFIX = "/.well-known/authcar/"
 # TRACE echoes the request, with the identity headers the sidecar adds, back to the caller (XST);
 # CONNECT would turn the sidecar into a tunnel. Neither has a place in front of an application.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+# Exchange errors caused by the client, not the application: logged, but not upstream errors.
+CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large"})
 
 
 class Gate:
@@ -53,7 +55,6 @@ class Gate:
         self.settings = sidecar.settings
         self.reserved_app = reserved_app
         self.reserved_prefixes = (self.settings.reserved_prefix, WELL_KNOWN_PREFIX)
-        self.max_header_bytes = self.settings.max_header_bytes
         self.max_body_bytes = self.settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,8 +102,6 @@ class Gate:
                 await sidecar.upstream.forward_websocket(scope, receive, send, framed, exchange)
             else:
                 await sidecar.upstream.forward(scope, receive, send, framed, exchange)
-            if exchange.error:
-                metrics.upstream_errors.labels(kind=exchange.error).inc()
         except GatewayError as error:
             # A client that left mid-upload gets no answer; log it as such, not as the app's failure.
             exchange.status = 499 if exchange.client_gone else error.status
@@ -110,8 +109,6 @@ class Gate:
                 decision = "error"
             if isinstance(error, Unauthorized):
                 decision = "deny"
-            if exchange.error:
-                metrics.upstream_errors.labels(kind=exchange.error).inc()
             exchange.bytes_out = await self.reject(
                 scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )
@@ -133,6 +130,8 @@ class Gate:
             metrics.request_duration.observe(duration)
             if exchange.upstream_seconds:
                 metrics.upstream_duration.observe(exchange.upstream_seconds)
+            if exchange.error and exchange.error not in CLIENT_SIDE_ERRORS:
+                metrics.upstream_errors.labels(kind=exchange.error).inc()
             self.record(scope, request_id, status, decision, identity, exchange, duration)
 
     def frame(self, scope: Scope) -> Framed:

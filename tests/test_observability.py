@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -150,3 +151,19 @@ def test_event_logs_are_structured() -> None:
     assert entry["level"] == "info"
     assert entry["subject"] == "CN=svc"
     assert TextFormatter().format(record).endswith("authcar: tls_reloaded subject=CN=svc")
+
+
+async def test_a_client_leaving_mid_upload_is_not_an_upstream_error(upstream: RunningUpstream) -> None:
+    async with start_sidecar(upstream.url) as sidecar, httpx.AsyncClient() as client:
+        _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()  # gone, 95 kB short
+        for _ in range(50):
+            text = (await client.get(sidecar.admin_url + "/metrics")).text
+            if 'status="499"' in text:
+                break
+            await asyncio.sleep(0.05)
+    assert metric(text, "authcar_requests_total", decision="error", status="499") == 1
+    assert "authcar_upstream_errors_total{" not in text
