@@ -1,0 +1,220 @@
+"""JWT access-token validation: every check in a fixed order, each failure with its own reason.
+
+Order (cheapest and most hostile-input-proof first):
+  1. size cap, then shape: 3 parts (5 parts is JWE: refused), base64url, JSON objects
+  2. the verified-token cache: a token seen and verified before costs a hash and a dict lookup
+  3. header: `alg` must be allowed for the issuer and never `none`; `crit` is refused (we implement no
+     extensions); `jku`, `x5u`, `jwk`, `x5c` are ignored, never fetched; `kid` is only a dict key
+  4. issuer: `iss` picks the issuer's configuration, compared exactly (never as a prefix/substring)
+  5. key: by `kid` from that issuer's key set (unknown kid: one cool-down-limited refetch); the key's
+     type must allow `alg` (no HMAC with public keys, no RSA alg with an EC key, ...)
+  6. signature and registered claims by pyjwt (exp, nbf, iat with bounded leeway, aud, iss)
+
+pyjwt is the signature library; the checks before it are ours so that a gap in one library version
+(crit: CVE-2026-32597, issuer substring: CVE-2024-53861) is not a gap in authcar.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt.exceptions import (
+    ExpiredSignatureError,
+    ImmatureSignatureError,
+    InvalidAudienceError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    MissingRequiredClaimError,
+    PyJWTError,
+)
+
+from authcar.authn.keys import ASYMMETRIC_ALGORITHMS, KeySet
+
+DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
+MAX_LEEWAY = 300.0
+
+
+class TokenRejected(Exception):
+    """The token is not acceptable; `reason` is a stable code for logs and metrics."""
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+
+
+@dataclass(frozen=True)
+class IssuerPolicy:
+    """What one issuer's tokens must satisfy."""
+
+    issuer: str
+    audiences: frozenset[str]  # empty: `aud` is not checked (discouraged; check-config warns)
+    algorithms: frozenset[str]
+    leeway: float = 30.0
+    required_claims: tuple[str, ...] = ("exp", "iat", "sub")
+
+    def __post_init__(self) -> None:
+        if not self.algorithms <= ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"unsupported algorithms: {sorted(self.algorithms - ASYMMETRIC_ALGORITHMS)}")
+        if not 0 <= self.leeway <= MAX_LEEWAY:
+            raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    claims: Mapping[str, Any]
+    issuer: str
+    kid: str
+    expires: float  # exp, unix time
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    token: VerifiedToken
+    keyset: KeySet
+    version: int  # the key set's version when verified: a rotation re-checks the kid
+
+
+def b64decode(part: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenRejected("malformed", "the token is not valid base64url") from None
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise TokenRejected("malformed", f"the token {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise TokenRejected("malformed", f"the token {what} is not a JSON object")
+    return value
+
+
+class JWTValidator:
+    """Validates access tokens from any of the configured issuers."""
+
+    def __init__(
+        self,
+        issuers: Mapping[str, tuple[IssuerPolicy, KeySet]],
+        *,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuers = dict(issuers)
+        self.max_token_bytes = max_token_bytes
+        self.cache_size = cache_size
+        self.clock = clock
+        self.cache: OrderedDict[bytes, CacheEntry] = OrderedDict()
+
+    async def validate(self, token: str) -> VerifiedToken:
+        if len(token) > self.max_token_bytes:
+            raise TokenRejected("too_large", "the token is larger than allowed")
+        cache_key = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        cached = self.cache_hit(cache_key)
+        if cached is not None:
+            return cached
+
+        parts = token.split(".")
+        if len(parts) == 5:
+            raise TokenRejected("jwe_not_supported", "encrypted tokens (JWE) are not accepted")
+        if len(parts) != 3 or not all(parts):
+            raise TokenRejected("malformed", "the token is not a signed JWT")
+        header = json_object(b64decode(parts[0]), "header")
+        payload = json_object(b64decode(parts[1]), "payload")
+
+        if "crit" in header:
+            raise TokenRejected(
+                "unsupported_critical_header", "the token requires extensions we do not implement"
+            )
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            raise TokenRejected("alg_not_allowed", "unsigned tokens are not accepted")
+
+        issuer = payload.get("iss")
+        selected = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if selected is None:
+            raise TokenRejected("wrong_issuer", "the token's issuer is not trusted")
+        policy, keyset = selected
+        if alg not in policy.algorithms:
+            raise TokenRejected("alg_not_allowed", f"algorithm {alg[:20]!r} is not accepted")
+
+        kid = header.get("kid", "")
+        if not isinstance(kid, str) or len(kid) > 256:
+            raise TokenRejected("malformed", "the token's key id is invalid")
+        key = await keyset.find(kid)
+        if key is None:
+            raise TokenRejected("unknown_key", "the token was signed with a key the issuer does not publish")
+        if alg not in key.algorithms:
+            # Algorithm confusion: e.g. HS256 "signed" with the RSA public key, or RS256 on an EC key.
+            raise TokenRejected("alg_key_mismatch", "the token's algorithm does not match its key")
+
+        claims = self.verify(token, key.key, alg, policy)
+        verified = VerifiedToken(claims=claims, issuer=policy.issuer, kid=kid, expires=float(claims["exp"]))
+        self.remember(cache_key, verified, keyset)
+        return verified
+
+    def verify(self, token: str, key: Any, alg: str, policy: IssuerPolicy) -> dict[str, Any]:
+        required = list(dict.fromkeys(("exp", *policy.required_claims)))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=sorted(policy.audiences) or None,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+                options={"require": required, "verify_aud": bool(policy.audiences), "strict_aud": False},
+            )
+        except ExpiredSignatureError:
+            raise TokenRejected("expired", "the token has expired") from None
+        except ImmatureSignatureError:
+            raise TokenRejected("not_yet_valid", "the token is not valid yet") from None
+        except InvalidAudienceError:
+            raise TokenRejected("wrong_audience", "the token is not meant for this service") from None
+        except InvalidIssuerError:
+            raise TokenRejected("wrong_issuer", "the token's issuer is not trusted") from None
+        except MissingRequiredClaimError as exc:
+            raise TokenRejected("missing_claim", f"the token lacks the {exc.claim!r} claim") from None
+        except InvalidSignatureError:
+            raise TokenRejected("bad_signature", "the token's signature is invalid") from None
+        except PyJWTError:
+            raise TokenRejected("malformed", "the token is invalid") from None
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and (
+                isinstance(claims[name], bool) or not isinstance(claims[name], int | float)
+            ):
+                raise TokenRejected("malformed", f"the token's {name!r} claim is not a number")
+        return claims
+
+    def cache_hit(self, cache_key: bytes) -> VerifiedToken | None:
+        entry = self.cache.get(cache_key)
+        if entry is None:
+            return None
+        token = entry.token
+        if self.clock() >= token.expires + self.issuers[token.issuer][0].leeway:
+            del self.cache[cache_key]
+            return None
+        if entry.version != entry.keyset.version:
+            # Keys rotated since: valid only while its key is still published.
+            if entry.keyset.get(token.kid) is None:
+                del self.cache[cache_key]
+                return None
+            entry.version = entry.keyset.version
+        return token
+
+    def remember(self, cache_key: bytes, token: VerifiedToken, keyset: KeySet) -> None:
+        self.cache[cache_key] = CacheEntry(token, keyset, keyset.version)
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)  # oldest first: bounded memory whatever the traffic

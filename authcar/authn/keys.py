@@ -1,0 +1,251 @@
+"""Signing keys of an identity provider: OIDC discovery, the JWKS cache, and when to fetch again.
+
+Rules that keep the key set trustworthy and the provider safe from us:
+- A key only ever verifies the algorithms its type allows (RSA: RS*/PS*, EC: the curve's ES*, OKP:
+  EdDSA); a published `alg` narrows that further. Symmetric (`oct`) keys are never accepted, so
+  no HMAC algorithm can ever be checked against public key material (algorithm confusion).
+- Keys come only from the configured JWKS (discovered or set, or a static file); nothing a token
+  says (`jku`, `x5u`, `jwk`, `x5c`) is ever fetched or used. A `kid` is only a dictionary key.
+- An unknown `kid` triggers at most one fetch per cool-down, shared by every request waiting for
+  it (single flight), so a flood of random kids cannot turn into a flood of JWKS requests.
+- A failed fetch keeps the last good keys: a provider outage does not log everyone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from jwt import PyJWK
+from jwt.exceptions import PyJWKError
+
+log = logging.getLogger("authcar.keys")
+
+MAX_KEYS = 100
+MAX_KID_LENGTH = 256
+MAX_DOCUMENT_BYTES = 512 * 1024
+
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
+ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(EC_ALGORITHMS.values()) | {"EdDSA"}
+
+
+class KeySetError(Exception):
+    """The provider's discovery document or JWKS could not be fetched or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    kid: str
+    key: Any  # a cryptography public key object
+    algorithms: frozenset[str]  # the only algorithms this key may verify
+
+
+def key_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
+    """Algorithms a JWK may verify, from its key type (and its published `alg`, if any)."""
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        allowed = RSA_ALGORITHMS
+    elif kty == "EC":
+        curve_alg = EC_ALGORITHMS.get(str(jwk.get("crv")))
+        allowed = frozenset({curve_alg}) if curve_alg else frozenset()
+    elif kty == "OKP" and jwk.get("crv") in ("Ed25519", "Ed448"):
+        allowed = frozenset({"EdDSA"})
+    else:
+        return frozenset()  # `oct` (shared secrets) and anything unknown: never
+    published = jwk.get("alg")
+    if published is not None:
+        return allowed & {published} if isinstance(published, str) else frozenset()
+    return allowed
+
+
+def parse_jwks(document: Any) -> dict[str, VerificationKey]:
+    """The usable signing keys of a JWKS document, by kid. Unusable entries are skipped, not fatal."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeySetError("the JWKS is not an object with a 'keys' list")
+    keys: dict[str, VerificationKey] = {}
+    for jwk in document["keys"][:MAX_KEYS]:
+        if not isinstance(jwk, dict):
+            continue
+        if jwk.get("use", "sig") != "sig":
+            continue  # encryption keys
+        kid = jwk.get("kid", "")
+        if not isinstance(kid, str) or len(kid) > MAX_KID_LENGTH or kid in keys:
+            continue
+        algorithms = key_algorithms(jwk)
+        if not algorithms:
+            continue
+        try:
+            key = PyJWK(jwk, algorithm=next(iter(sorted(algorithms)))).key
+        except (PyJWKError, ValueError, TypeError, KeyError):
+            log.warning("skipping an unusable key in the JWKS", extra={"kid": kid[:64]})
+            continue
+        if hasattr(key, "private_bytes"):
+            continue  # a private key published by mistake: use nothing from it
+        keys[kid] = VerificationKey(kid=kid, key=key, algorithms=algorithms)
+    return keys
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    """The parts of an OIDC discovery document authcar uses."""
+
+    issuer: str
+    jwks_uri: str | None
+    introspection_endpoint: str | None
+    token_endpoint: str | None
+    authorization_endpoint: str | None
+    end_session_endpoint: str | None
+    introspection_auth_methods: tuple[str, ...]
+
+    @classmethod
+    def from_document(cls, document: Any, expected_issuer: str) -> ProviderMetadata:
+        if not isinstance(document, dict):
+            raise KeySetError("the discovery document is not a JSON object")
+        issuer = document.get("issuer")
+        # OpenID Connect Discovery §4.3: the issuer must be exactly the one we asked about, or a
+        # provider (or whoever answers in its place) could vouch for another issuer's tokens.
+        if issuer != expected_issuer:
+            raise KeySetError(
+                f"the discovery document names issuer {str(issuer)[:200]!r}, not {expected_issuer!r}"
+            )
+
+        def url(name: str) -> str | None:
+            value = document.get(name)
+            return value if isinstance(value, str) and value.startswith(("https://", "http://")) else None
+
+        methods = document.get("introspection_endpoint_auth_methods_supported") or document.get(
+            "token_endpoint_auth_methods_supported"
+        )
+        return cls(
+            issuer=issuer,
+            jwks_uri=url("jwks_uri"),
+            introspection_endpoint=url("introspection_endpoint"),
+            token_endpoint=url("token_endpoint"),
+            authorization_endpoint=url("authorization_endpoint"),
+            end_session_endpoint=url("end_session_endpoint"),
+            introspection_auth_methods=tuple(m for m in methods or () if isinstance(m, str)),
+        )
+
+
+async def fetch_json(http: httpx.AsyncClient, url: str) -> Any:
+    try:
+        response = await http.get(url, headers={"Accept": "application/json"})
+    except httpx.HTTPError as exc:
+        raise KeySetError(f"cannot fetch {url}: {exc.__class__.__name__}") from None
+    if response.status_code != 200:
+        raise KeySetError(f"{url} answered {response.status_code}")
+    if len(response.content) > MAX_DOCUMENT_BYTES:
+        raise KeySetError(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        raise KeySetError(f"{url} did not send JSON") from None
+
+
+async def discover(http: httpx.AsyncClient, issuer: str) -> ProviderMetadata:
+    document = await fetch_json(http, issuer.rstrip("/") + "/.well-known/openid-configuration")
+    return ProviderMetadata.from_document(document, issuer)
+
+
+class KeySet:
+    """One issuer's verification keys, kept fresh.
+
+    `get()` is the synchronous fast path. `find()` also handles a kid we have not seen: it waits for
+    the fetch already under way, or starts one if the last fetch is older than the cool-down.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient | None,
+        *,
+        jwks_url: str | None = None,
+        static_file: Path | None = None,
+        refresh_interval: float = 300.0,
+        unknown_kid_cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (jwks_url is None) == (static_file is None):
+            raise ValueError("a KeySet needs exactly one of jwks_url and static_file")
+        self.http = http
+        self.jwks_url = jwks_url
+        self.static_file = static_file
+        self.refresh_interval = refresh_interval
+        self.cooldown = unknown_kid_cooldown
+        self.clock = clock
+        self.keys: dict[str, VerificationKey] = {}
+        self.version = 0  # bumped whenever the set of keys changes (verified-token caches check it)
+        self.last_attempt = float("-inf")
+        self.last_success = float("-inf")
+        self.last_error: str | None = None
+        self.fetches = 0
+        self.inflight: asyncio.Future[None] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.keys)
+
+    def get(self, kid: str) -> VerificationKey | None:
+        return self.keys.get(kid)
+
+    async def find(self, kid: str) -> VerificationKey | None:
+        key = self.keys.get(kid)
+        if key is not None:
+            return key
+        if self.inflight is not None:
+            await asyncio.shield(self.inflight)
+        elif self.clock() - self.last_attempt >= self.cooldown:
+            await self.refresh()
+        return self.keys.get(kid)
+
+    async def refresh(self) -> None:
+        """Fetch the keys now (single flight); a failure keeps the last good keys."""
+        if self.inflight is not None:
+            await asyncio.shield(self.inflight)
+            return
+        self.inflight = asyncio.get_running_loop().create_future()
+        self.last_attempt = self.clock()
+        try:
+            keys = await self.fetch()
+        except KeySetError as exc:
+            self.last_error = str(exc)
+            log.error("jwks_fetch_failed", extra={"error": str(exc), "keys_kept": len(self.keys)})
+        else:
+            self.last_error = None
+            self.last_success = self.clock()
+            if keys.keys() != self.keys.keys() or any(keys[k].key != self.keys[k].key for k in keys):
+                self.version += 1
+                log.info("jwks_updated", extra={"kids": sorted(keys)[:20], "version": self.version})
+            self.keys = keys
+        finally:
+            self.inflight.set_result(None)
+            self.inflight = None
+
+    async def fetch(self) -> dict[str, VerificationKey]:
+        self.fetches += 1
+        if self.static_file is not None:
+            try:
+                document = json.loads(self.static_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise KeySetError(f"cannot read {self.static_file}: {exc}") from None
+        else:
+            if self.http is None or self.jwks_url is None:
+                raise KeySetError("no JWKS URL or HTTP client configured")
+            document = await fetch_json(self.http, self.jwks_url)
+        keys = parse_jwks(document)
+        if not keys:
+            raise KeySetError("the JWKS holds no usable signing key")
+        return keys
+
+    async def keep_fresh(self) -> None:
+        """Background task: refetch every refresh_interval, sooner while the keys are missing."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.refresh_interval if self.loaded else min(5.0, self.refresh_interval))
