@@ -1,0 +1,387 @@
+"""The behaviour every `authcar.store.Store` backend must have, as a reusable test class.
+
+A backend's test module subclasses `StoreConformance` (its name must start with `Test` for pytest to
+collect it) and provides a `store` fixture that yields an open, empty store and closes it afterwards:
+
+    class TestRedisStore(StoreConformance):
+        @pytest.fixture
+        async def store(self, redis_server) -> AsyncIterator[Store]:
+            ...
+
+Everything here goes through the public interface with real time: expiry tests use short TTLs and
+bounded polling, so they hold for a remote store with its own clock. Clock-driven tests belong in the
+backend's own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from authcar.store import MAX_KEY_BYTES, MAX_TTL, MAX_VALUE_BYTES, Store, StoreUnavailable
+
+SHORT_TTL = 0.25
+# How long a short-TTL key may outlive its TTL before the test fails (a loaded CI machine is slow).
+EXPIRY_GRACE = 3.0
+# Tolerance for clock granularity (Redis keeps milliseconds) when checking a key did not expire early.
+CLOCK_SLACK = 0.02
+
+Call = Callable[[Store], Awaitable[object]]
+
+# One call of every operation that takes a key, for tests that must hold for all of them.
+KEYED_CALLS: dict[str, Callable[[Store, str], Awaitable[object]]] = {
+    "get": lambda store, key: store.get(key),
+    "set": lambda store, key: store.set(key, b"v", 10),
+    "set_if_absent": lambda store, key: store.set_if_absent(key, b"v", 10),
+    "delete": lambda store, key: store.delete(key),
+    "take": lambda store, key: store.take(key),
+    "incr": lambda store, key: store.incr(key, ttl=10),
+    "ttl": lambda store, key: store.ttl(key),
+}
+TTL_CALLS: dict[str, Callable[[Store, object], Awaitable[object]]] = {
+    "set": lambda store, ttl: store.set("k", b"v", ttl),  # type: ignore[arg-type]
+    "set_if_absent": lambda store, ttl: store.set_if_absent("k", b"v", ttl),  # type: ignore[arg-type]
+    "incr": lambda store, ttl: store.incr("k", ttl=ttl),  # type: ignore[arg-type]
+}
+VALUE_CALLS: dict[str, Callable[[Store, object], Awaitable[object]]] = {
+    "set": lambda store, value: store.set("k", value, 10),  # type: ignore[arg-type]
+    "set_if_absent": lambda store, value: store.set_if_absent("k", value, 10),  # type: ignore[arg-type]
+}
+ALL_CALLS: dict[str, Call] = {
+    **{name: (lambda store, call=call: call(store, "k")) for name, call in KEYED_CALLS.items()},
+    "ping": lambda store: store.ping(),
+}
+
+BINARY_VALUES = {
+    "empty": b"",
+    "nul": b"\x00",
+    "all-bytes": bytes(range(256)),
+    "all-bytes-reversed": bytes(range(255, -1, -1)) * 4,
+    "protocol-lookalike": b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n",
+    "not-utf8": b"\xff\xfe\xc3\x28" * 100,
+}
+BAD_KEYS = {
+    "empty": "",
+    "space": "a b",
+    "leading-space": " a",
+    "tab": "a\tb",
+    "newline": "a\nb",
+    "crlf": "a\r\n",
+    "nul": "a\x00b",
+    "del": "a\x7fb",
+    "nbsp": "a\u00a0b",
+    "zero-width-space": "a\u200bb",
+    "line-separator": "a\u2028b",
+    "lone-surrogate": "a\ud800b",
+    "too-long": "k" * (MAX_KEY_BYTES + 1),
+    "too-long-utf8": "é" * (MAX_KEY_BYTES // 2) + "x",
+}
+BAD_TTLS = {"zero": 0, "negative": -1, "tiny-negative": -1e-9, "nan": math.nan, "inf": math.inf}
+BAD_TTLS["too-long"] = MAX_TTL * 2
+# Values Redis's INCRBY refuses as integers; the memory backend must refuse the same ones.
+NOT_COUNTERS = {
+    "empty": b"",
+    "word": b"abc",
+    "float": b"1.5",
+    "leading-space": b" 1",
+    "trailing-space": b"1 ",
+    "plus": b"+1",
+    "leading-zero": b"01",
+    "minus-zero": b"-0",
+    "nul": b"1\x00",
+    "above-int64": b"9223372036854775808",
+    "below-int64": b"-9223372036854775809",
+}
+
+
+async def gone_after(store: Store, key: str, start: float) -> float:
+    """Poll until `key` reads as absent; return the seconds since `start` (time.monotonic)."""
+    while await store.get(key) is not None:
+        assert time.monotonic() - start < SHORT_TTL + EXPIRY_GRACE, f"{key!r} did not expire"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+class StoreConformance:
+    """Subclass with a `store` fixture; every test here then runs against that backend."""
+
+    async def test_is_a_store(self, store: Store) -> None:
+        assert isinstance(store, Store)
+        assert store.name in ("memory", "redis")
+        await store.ping()
+
+    # --- values -----------------------------------------------------------------------------------
+
+    async def test_absent_key_reads_as_none(self, store: Store) -> None:
+        assert await store.get("missing") is None
+        assert await store.ttl("missing") is None
+        assert await store.take("missing") is None
+
+    @pytest.mark.parametrize("value", list(BINARY_VALUES.values()), ids=list(BINARY_VALUES))
+    async def test_binary_values_roundtrip(self, store: Store, value: bytes) -> None:
+        await store.set("bin", value, 10)
+        got = await store.get("bin")
+        assert type(got) is bytes
+        assert got == value
+
+    async def test_every_single_byte_roundtrips(self, store: Store) -> None:
+        await asyncio.gather(*(store.set(f"byte:{b}", bytes([b]), 10) for b in range(256)))
+        got = await asyncio.gather(*(store.get(f"byte:{b}") for b in range(256)))
+        assert got == [bytes([b]) for b in range(256)]
+
+    async def test_limits_are_inclusive(self, store: Store) -> None:
+        big = bytes(range(256)) * (MAX_VALUE_BYTES // 256)
+        assert len(big) == MAX_VALUE_BYTES
+        await store.set("big", big, 10)
+        assert await store.get("big") == big
+        for key in ("k" * MAX_KEY_BYTES, "é" * (MAX_KEY_BYTES // 2), "ns:ключ:鍵:" + "0" * 64):
+            await store.set(key, b"long", 10)
+            assert await store.get(key) == b"long"
+        await store.set("max-ttl", b"v", MAX_TTL)
+        remaining = await store.ttl("max-ttl")
+        assert remaining is not None
+        assert MAX_TTL - 60 < remaining <= MAX_TTL
+
+    async def test_keys_are_distinct_and_case_sensitive(self, store: Store) -> None:
+        await store.set("a:key", b"lower", 10)
+        await store.set("A:KEY", b"upper", 10)
+        assert await store.get("a:key") == b"lower"
+        assert await store.get("A:KEY") == b"upper"
+        assert await store.get("a:ke") is None
+
+    # --- set and TTLs -----------------------------------------------------------------------------
+
+    async def test_entry_expires_after_its_ttl(self, store: Store) -> None:
+        start = time.monotonic()
+        await store.set("short", b"v", SHORT_TTL)
+        assert await store.get("short") == b"v"
+        assert await gone_after(store, "short", start) >= SHORT_TTL - CLOCK_SLACK
+        assert await store.ttl("short") is None
+        assert await store.take("short") is None
+        assert await store.set_if_absent("short", b"again", 10)
+        assert await store.get("short") == b"again"
+
+    async def test_set_overwrites_value_and_resets_ttl(self, store: Store) -> None:
+        await store.set("k", b"first", SHORT_TTL)
+        await store.set("k", b"second", 30)
+        remaining = await store.ttl("k")
+        assert remaining is not None
+        assert 29 < remaining <= 30
+        await asyncio.sleep(SHORT_TTL + 0.15)
+        assert await store.get("k") == b"second"
+
+    async def test_set_can_shorten_ttl(self, store: Store) -> None:
+        await store.set("k", b"long", 30)
+        start = time.monotonic()
+        await store.set("k", b"short", SHORT_TTL)
+        assert await gone_after(store, "k", start) >= SHORT_TTL - CLOCK_SLACK
+
+    async def test_ttl_reports_remaining_seconds(self, store: Store) -> None:
+        await store.set("k", b"v", 10)
+        first = await store.ttl("k")
+        assert isinstance(first, float)
+        assert 9 < first <= 10
+        await asyncio.sleep(0.2)
+        later = await store.ttl("k")
+        assert later is not None
+        assert 9 < later <= first - 0.15
+        await store.set("sub-ms", b"v", 0.5)
+        remaining = await store.ttl("sub-ms")
+        assert remaining is not None
+        assert 0 < remaining <= 0.5
+
+    # --- set_if_absent ----------------------------------------------------------------------------
+
+    async def test_set_if_absent_keeps_existing_value_and_ttl(self, store: Store) -> None:
+        assert await store.set_if_absent("nonce", b"first", 30) is True
+        assert await store.set_if_absent("nonce", b"second", 300) is False
+        assert await store.get("nonce") == b"first"
+        remaining = await store.ttl("nonce")
+        assert remaining is not None
+        assert remaining <= 30
+        await store.delete("nonce")
+        assert await store.set_if_absent("nonce", b"third", 30) is True
+        assert await store.get("nonce") == b"third"
+
+    async def test_set_if_absent_has_exactly_one_winner(self, store: Store) -> None:
+        results = await asyncio.gather(*(store.set_if_absent("jti", b"%d" % i, 30) for i in range(100)))
+        assert results.count(True) == 1
+        assert await store.get("jti") == b"%d" % results.index(True)
+
+    # --- take ---------------------------------------------------------------------------------------
+
+    async def test_take_returns_the_value_once(self, store: Store) -> None:
+        await store.set("code", b"\x00secret", 30)
+        assert await store.take("code") == b"\x00secret"
+        assert await store.get("code") is None
+        assert await store.take("code") is None
+        assert await store.set_if_absent("code", b"new", 30) is True
+
+    async def test_take_has_exactly_one_winner(self, store: Store) -> None:
+        await store.set("code", b"single-use", 30)
+        results = await asyncio.gather(*(store.take("code") for _ in range(100)))
+        assert [r for r in results if r is not None] == [b"single-use"]
+
+    @pytest.mark.parametrize("operation", ["get", "ttl", "take", "set_if_absent", "incr"])
+    async def test_expired_entry_is_absent_to_every_operation(self, store: Store, operation: str) -> None:
+        # No read in between: the first operation to touch the key is the one under test.
+        await store.set("k", b"v", SHORT_TTL)
+        await asyncio.sleep(SHORT_TTL + 0.1)
+        expected = {"get": None, "ttl": None, "take": None, "set_if_absent": True, "incr": 1}
+        assert await KEYED_CALLS[operation](store, "k") == expected[operation]
+
+    # --- delete -------------------------------------------------------------------------------------
+
+    async def test_delete(self, store: Store) -> None:
+        await store.delete("never-set")
+        await store.set("k", b"v", 10)
+        await store.set("other", b"v", 10)
+        await store.delete("k")
+        assert await store.get("k") is None
+        assert await store.ttl("k") is None
+        await store.delete("k")
+        assert await store.get("other") == b"v"
+
+    # --- incr ---------------------------------------------------------------------------------------
+
+    async def test_incr_counts_and_stores_decimal(self, store: Store) -> None:
+        assert await store.incr("n", ttl=30) == 1
+        assert await store.incr("n", 5, ttl=30) == 6
+        assert await store.incr("n", -10, ttl=30) == -4
+        assert await store.incr("n", 0, ttl=30) == -4
+        assert await store.get("n") == b"-4"
+        assert await store.incr("zero", 0, ttl=30) == 0
+        assert await store.get("zero") == b"0"
+
+    async def test_incr_of_existing_key_keeps_its_ttl(self, store: Store) -> None:
+        await store.incr("n", ttl=30)
+        await store.incr("n", ttl=1000)
+        remaining = await store.ttl("n")
+        assert remaining is not None
+        assert 29 < remaining <= 30
+        await store.set("m", b"41", 20)
+        assert await store.incr("m", ttl=1000) == 42
+        assert await store.get("m") == b"42"
+        remaining = await store.ttl("m")
+        assert remaining is not None
+        assert 19 < remaining <= 20
+
+    async def test_incr_window_expires_and_restarts(self, store: Store) -> None:
+        start = time.monotonic()
+        assert await store.incr("window", ttl=SHORT_TTL) == 1
+        assert await store.incr("window", ttl=30) == 2  # the window is not extended
+        assert await gone_after(store, "window", start) >= SHORT_TTL - CLOCK_SLACK
+        assert await store.incr("window", ttl=30) == 1
+
+    async def test_incr_is_atomic_under_concurrency(self, store: Store) -> None:
+        results = await asyncio.gather(*(store.incr("hits", ttl=30) for _ in range(1000)))
+        assert sorted(results) == list(range(1, 1001))
+        assert await store.get("hits") == b"1000"
+
+    @pytest.mark.parametrize("value", list(NOT_COUNTERS.values()), ids=list(NOT_COUNTERS))
+    async def test_incr_refuses_non_integer_value(self, store: Store, value: bytes) -> None:
+        await store.set("n", value, 30)
+        with pytest.raises(ValueError):  # noqa: PT011 - the message is the backend's own
+            await store.incr("n", ttl=30)
+        assert await store.get("n") == value
+
+    @pytest.mark.parametrize(
+        ("start", "amount", "expected"),
+        [
+            (b"0", 1, 1),
+            (b"-1", 1, 0),
+            (b"9223372036854775806", 1, 2**63 - 1),
+            (b"-9223372036854775807", -1, -(2**63)),
+        ],
+    )
+    async def test_incr_accepts_the_full_int64_range(
+        self, store: Store, start: bytes, amount: int, expected: int
+    ) -> None:
+        await store.set("n", start, 30)
+        assert await store.incr("n", amount, ttl=30) == expected
+        assert await store.get("n") == str(expected).encode()
+
+    @pytest.mark.parametrize(
+        ("start", "amount"), [(b"9223372036854775807", 1), (b"-9223372036854775808", -1)]
+    )
+    async def test_incr_refuses_overflow(self, store: Store, start: bytes, amount: int) -> None:
+        await store.set("n", start, 30)
+        with pytest.raises(ValueError):  # noqa: PT011
+            await store.incr("n", amount, ttl=30)
+        assert await store.get("n") == start
+
+    # --- input checks -------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", list(BAD_KEYS.values()), ids=list(BAD_KEYS))
+    @pytest.mark.parametrize("operation", list(KEYED_CALLS))
+    async def test_bad_key_is_refused(self, store: Store, operation: str, key: str) -> None:
+        with pytest.raises(ValueError, match="store key"):
+            await KEYED_CALLS[operation](store, key)
+
+    @pytest.mark.parametrize("key", [b"bytes", 1, None], ids=["bytes", "int", "none"])
+    @pytest.mark.parametrize("operation", list(KEYED_CALLS))
+    async def test_non_str_key_is_refused(self, store: Store, operation: str, key: object) -> None:
+        with pytest.raises(TypeError, match="store key"):
+            await KEYED_CALLS[operation](store, key)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("ttl", list(BAD_TTLS.values()), ids=list(BAD_TTLS))
+    @pytest.mark.parametrize("operation", list(TTL_CALLS))
+    async def test_bad_ttl_is_refused(self, store: Store, operation: str, ttl: float) -> None:
+        with pytest.raises(ValueError, match="ttl"):
+            await TTL_CALLS[operation](store, ttl)
+        assert await store.get("k") is None
+
+    @pytest.mark.parametrize("ttl", ["1", None, True], ids=["str", "none", "bool"])
+    @pytest.mark.parametrize("operation", list(TTL_CALLS))
+    async def test_non_number_ttl_is_refused(self, store: Store, operation: str, ttl: object) -> None:
+        with pytest.raises(TypeError, match="ttl"):
+            await TTL_CALLS[operation](store, ttl)
+        assert await store.get("k") is None
+
+    @pytest.mark.parametrize("operation", list(VALUE_CALLS))
+    async def test_oversized_value_is_refused(self, store: Store, operation: str) -> None:
+        with pytest.raises(ValueError, match="store value"):
+            await VALUE_CALLS[operation](store, b"x" * (MAX_VALUE_BYTES + 1))
+        assert await store.get("k") is None
+
+    @pytest.mark.parametrize(
+        "value",
+        ["text", bytearray(b"v"), memoryview(b"v"), None],
+        ids=["str", "bytearray", "memoryview", "none"],
+    )
+    @pytest.mark.parametrize("operation", list(VALUE_CALLS))
+    async def test_non_bytes_value_is_refused(self, store: Store, operation: str, value: object) -> None:
+        with pytest.raises(TypeError, match="store value"):
+            await VALUE_CALLS[operation](store, value)
+        assert await store.get("k") is None
+
+    @pytest.mark.parametrize(
+        ("amount", "error"),
+        [
+            (1.0, TypeError),
+            (True, TypeError),
+            ("1", TypeError),
+            (2**63, ValueError),
+            (-(2**63) - 1, ValueError),
+        ],
+    )
+    async def test_bad_incr_amount_is_refused(
+        self, store: Store, amount: object, error: type[Exception]
+    ) -> None:
+        with pytest.raises(error, match="amount"):
+            await store.incr("n", amount, ttl=30)  # type: ignore[arg-type]
+        assert await store.get("n") is None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("operation", list(ALL_CALLS))
+    async def test_closed_store_is_unavailable(self, store: Store, operation: str) -> None:
+        await store.set("k", b"v", 10)
+        await store.close()
+        with pytest.raises(StoreUnavailable):
+            await ALL_CALLS[operation](store)
+        await store.close()  # idempotent
