@@ -8,9 +8,11 @@ import logging
 import time
 from typing import IO, Any
 
+import httpx
 from starlette.applications import Starlette
 
 from authcar.admin import build_admin_app
+from authcar.authn.bearer import BearerAuthenticator
 from authcar.config import Settings
 from authcar.gate import Gate
 from authcar.headers import HeaderRules
@@ -51,6 +53,14 @@ class Sidecar:
                 on_event=self.tls_event,
             )
             self.metrics.tls_expiry.set(self.tls.not_after)
+        # The identity provider's client (discovery, JWKS, later introspection and login): httpx, with
+        # tight timeouts so a slow provider cannot hold requests for long.
+        self.idp_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0, connect=3.0), follow_redirects=False, headers={"User-Agent": "authcar"}
+        )
+        self.authenticator: BearerAuthenticator | None = None
+        if settings.oidc_issuer_url is not None:
+            self.authenticator = BearerAuthenticator(settings, self.idp_http)
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
         self.public_app = Gate(self, build_reserved_app())
@@ -58,6 +68,8 @@ class Sidecar:
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.authenticator is not None:
+            await self.authenticator.start()
         if self.tls is not None:
             self.tasks.append(asyncio.create_task(self.tls.watch(), name="authcar-tls-watch"))
 
@@ -68,6 +80,9 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks.clear()
+        if self.authenticator is not None:
+            await self.authenticator.close()
+        await self.idp_http.aclose()
         await self.upstream.close()
         self.access_log.close()
 
@@ -87,6 +102,8 @@ class Sidecar:
         checks: dict[str, dict[str, Any]] = {"config": {"ok": True}}
         if self.draining:
             checks["shutdown"] = {"ok": False, "detail": "draining after SIGTERM"}
+        if self.authenticator is not None:
+            checks["keys"] = self.authenticator.readiness()
         problem = await self.upstream.probe()
         checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
         if self.tls is not None:

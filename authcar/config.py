@@ -42,6 +42,30 @@ class Settings:
     tls_key_file: Path | None = setting(None, "PEM private key for TLS")
     tls_client_ca_file: Path | None = setting(None, "require client certificates signed by this CA (mTLS)")
 
+    oidc_issuer_url: str | None = setting(
+        None, "issuer; discovery at <issuer>/.well-known/openid-configuration"
+    )
+    oidc_audience: tuple[str, ...] = setting((), "accepted `aud` values of access tokens")
+    oidc_client_id: str | None = setting(None, "client id, for browser login and token introspection")
+    oidc_client_secret: str | None = setting(
+        None, "client secret (or AUTHCAR_OIDC_CLIENT_SECRET_FILE)", secret=True
+    )
+    oidc_jwks_url: str | None = setting(None, "JWKS location (default: from discovery)")
+    oidc_jwks_file: Path | None = setting(None, "static JWKS file instead of fetching keys (air-gapped)")
+    oidc_algorithms: tuple[str, ...] = setting(
+        ("RS256", "ES256", "PS256", "EdDSA"), "accepted token signature algorithms (asymmetric only)"
+    )
+    oidc_leeway: float = setting(30.0, "seconds of clock skew tolerated on exp, nbf and iat (at most 300)")
+    oidc_jwks_refresh_interval: float = setting(300.0, "seconds between JWKS refreshes")
+    oidc_jwks_cooldown: float = setting(
+        30.0, "seconds before a token with an unknown key id may trigger another JWKS fetch"
+    )
+    subject_claim: str = setting("sub", "claim (dotted path) that names the subject")
+    roles_claim: tuple[str, ...] = setting(
+        ("groups", "roles", "realm_access.roles"), "claims (dotted paths) whose values become roles"
+    )
+    max_token_bytes: int = setting(16384, "largest bearer token accepted; 401 above")
+
     allow_anonymous: bool = setting(
         False, "forward requests without authentication (development only; the default is deny)"
     )
@@ -330,6 +354,8 @@ def validate(s: Settings) -> list[str]:
         if path is not None and not path.is_file():
             problems.append(f"{env_name(name)}: {path} does not exist or is not a file")
 
+    problems.extend(validate_oidc(s))
+
     for network in s.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -360,6 +386,47 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"{env_name(name)}: must not be negative")
     if s.max_header_bytes < 1024:
         problems.append(f"{env_name('max_header_bytes')}: below 1024 bytes no real client gets through")
+    return problems
+
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+
+
+def validate_oidc(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.oidc_issuer_url is not None:
+        issuer = urlsplit(s.oidc_issuer_url)
+        if issuer.scheme not in ("https", "http") or not issuer.hostname or issuer.query or issuer.fragment:
+            problems.append(f"{env_name('oidc_issuer_url')}: {s.oidc_issuer_url!r} is not an issuer URL")
+    for name in ("oidc_jwks_url",):
+        value = getattr(s, name)
+        if value is not None and urlsplit(value).scheme not in ("https", "http"):
+            problems.append(f"{env_name(name)}: {value!r} is not an http(s) URL")
+    if s.oidc_jwks_file is not None and not s.oidc_jwks_file.is_file():
+        problems.append(f"{env_name('oidc_jwks_file')}: {s.oidc_jwks_file} does not exist or is not a file")
+    if s.oidc_jwks_file is not None and s.oidc_jwks_url is not None:
+        problems.append(f"{env_name('oidc_jwks_file')} and {env_name('oidc_jwks_url')} exclude each other")
+    if (s.oidc_jwks_file is not None or s.oidc_jwks_url is not None) and s.oidc_issuer_url is None:
+        problems.append(f"{env_name('oidc_issuer_url')} is needed to check the `iss` of tokens")
+    unknown = [a for a in s.oidc_algorithms if a not in ASYMMETRIC_ALGORITHMS]
+    if unknown:
+        # HS* would let anyone holding the (public) verification key mint tokens.
+        problems.append(
+            f"{env_name('oidc_algorithms')}: {', '.join(unknown)} not accepted (asymmetric algorithms only)"
+        )
+    if not s.oidc_algorithms:
+        problems.append(f"{env_name('oidc_algorithms')}: at least one algorithm is needed")
+    if not 0 <= s.oidc_leeway <= 300:
+        problems.append(f"{env_name('oidc_leeway')}: must be between 0 and 300 seconds")
+    for name in ("oidc_jwks_refresh_interval", "oidc_jwks_cooldown", "max_token_bytes"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{env_name(name)}: must be greater than 0")
+    if (s.oidc_client_id is None) != (s.oidc_client_secret is None):
+        problems.append(
+            f"{env_name('oidc_client_id')} and {env_name('oidc_client_secret')} must be set together"
+        )
     return problems
 
 

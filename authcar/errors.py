@@ -10,6 +10,10 @@ import json
 
 from authcar.types import Headers, Send
 
+# RFC 6750 §3.1 error codes for the WWW-Authenticate challenge (not secrets).
+INVALID_TOKEN = "invalid_token"  # noqa: S105
+INSUFFICIENT_SCOPE = "insufficient_scope"
+
 
 class GatewayError(Exception):
     status = 500

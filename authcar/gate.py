@@ -92,7 +92,7 @@ class Gate:
                 return
 
             # 3. authn
-            identity = self.authenticate(scope, framed)
+            identity = await self.authenticate(scope)
             decision = "anonymous" if identity.is_anonymous else "allow"
 
             # 4. authz, 5. inject: later stages.
@@ -150,7 +150,10 @@ class Gate:
             raise PayloadTooLarge()
         return framed
 
-    def authenticate(self, scope: Scope, framed: Framed) -> Identity:
+    async def authenticate(self, scope: Scope) -> Identity:
+        authenticator = self.sidecar.authenticator
+        if authenticator is not None:
+            return await authenticator.authenticate(scope["headers"])
         if self.settings.allow_anonymous:
             return ANONYMOUS
         raise Unauthorized("no authentication method is configured for this request", code="no_credentials")
