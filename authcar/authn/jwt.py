@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ from jwt.exceptions import (
 from authcar.authn.keys import ASYMMETRIC_ALGORITHMS, KeySet
 
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MAX_LEEWAY = 300.0
 
 
@@ -129,7 +131,8 @@ class JWTValidator:
         parts = token.split(".")
         if len(parts) == 5:
             raise TokenRejected("jwe_not_supported", "encrypted tokens (JWE) are not accepted")
-        if len(parts) != 3 or not all(parts):
+        if len(parts) != 3 or not all(parts) or not COMPACT_JWS.fullmatch(token):
+            # Strict base64url: Python's decoder would silently skip stray characters.
             raise TokenRejected("malformed", "the token is not a signed JWT")
         header = json_object(b64decode(parts[0]), "header")
         payload = json_object(b64decode(parts[1]), "payload")
