@@ -60,7 +60,7 @@ class Sidecar:
         )
         self.authenticator: BearerAuthenticator | None = None
         if settings.oidc_issuer_url is not None:
-            self.authenticator = BearerAuthenticator(settings, self.idp_http)
+            self.authenticator = BearerAuthenticator(settings, self.idp_http, self.metrics)
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
         self.public_app = Gate(self, build_reserved_app())

@@ -288,6 +288,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="min",
         )
+        self.token_validations = Counter(
+            "authcar_token_validations",
+            "Bearer token checks by result: valid, valid_cached, or the reason for refusal",
+            ["result"],
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "authcar_jwks_fetches",
+            "Key set fetches from the identity provider, by result",
+            ["result"],
+            registry=r,
+        )
         self.info = Gauge(
             "authcar_build_info", "Version of authcar", ["version"], registry=r, multiprocess_mode="max"
         )

@@ -362,3 +362,20 @@ async def test_a_provider_down_at_start_means_not_ready_and_401(upstream: Runnin
         response = await call(sidecar, idp.mint())
         assert response.status_code == 401
     assert upstream.seen == []
+
+
+async def test_metrics_count_validations_by_result_and_key_fetches(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP
+) -> None:
+    token = idp.mint()
+    for _ in range(3):
+        assert (await call(guarded, token)).status_code == 200
+    assert (await call(guarded, idp.mint(aud="other"))).status_code == 401
+    assert (await call(guarded, None)).status_code == 401
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(guarded.admin_url + "/metrics")).text
+    assert 'authcar_token_validations_total{result="valid"} 1.0' in text
+    assert 'authcar_token_validations_total{result="valid_cached"} 2.0' in text
+    assert 'authcar_token_validations_total{result="wrong_audience"} 1.0' in text
+    assert 'authcar_token_validations_total{result="no_token"} 1.0' in text
+    assert 'authcar_jwks_fetches_total{result="success"} 1.0' in text

@@ -21,6 +21,7 @@ from authcar.authn.keys import KeySet, KeySetError, discover
 from authcar.config import Settings
 from authcar.errors import INVALID_TOKEN, BadRequest, Unauthorized
 from authcar.identity import Identity
+from authcar.observe import Metrics
 from authcar.types import Headers
 
 log = logging.getLogger("authcar.authn")
@@ -52,10 +53,11 @@ def bearer_token(headers: Headers) -> str | None:
 class BearerAuthenticator:
     """JWT bearer tokens from one issuer (several issuers arrive through the YAML configuration)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         assert settings.oidc_issuer_url is not None, "BearerAuthenticator needs an issuer"
         self.issuer = settings.oidc_issuer_url
         self.http = http
+        self.metrics = metrics
         self.keyset: KeySet | None = None  # None until discovery names the JWKS
         if settings.oidc_jwks_file is not None:
             self.keyset = self.new_keyset(settings, static_file=settings.oidc_jwks_file)
@@ -80,8 +82,17 @@ class BearerAuthenticator:
             self.http,
             refresh_interval=settings.oidc_jwks_refresh_interval,
             unknown_kid_cooldown=settings.oidc_jwks_cooldown,
+            on_fetch=self.count_fetch,
             **source,
         )
+
+    def count_fetch(self, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.jwks_fetches.labels(result="success" if ok else "failure").inc()
+
+    def count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.token_validations.labels(result=result).inc()
 
     def build_validator(self, keyset: KeySet) -> JWTValidator:
         return JWTValidator(
@@ -125,21 +136,30 @@ class BearerAuthenticator:
                 await task
 
     async def authenticate(self, headers: Headers) -> Identity:
-        token = bearer_token(headers)
+        try:
+            token = bearer_token(headers)
+        except Unauthorized as refused:
+            self.count(refused.code)
+            raise
         if token is None:
+            self.count("no_token")
             raise Unauthorized("a bearer token is required", code="no_credentials")
         if self.validator is None:
             # Keys not loaded yet (provider unreachable since start): deny, say why in logs only.
+            self.count("keys_unavailable")
             raise Unauthorized(
                 "the token cannot be verified now", code="keys_unavailable", token_error=INVALID_TOKEN
             )
         try:
             verified = await self.validator.validate(token)
-            return self.mapping.identity(verified.claims, verified.issuer, "jwt")
+            identity = self.mapping.identity(verified.claims, verified.issuer, "jwt")
         except TokenRejected as rejected:
+            self.count(rejected.reason)
             raise Unauthorized(
                 rejected.description, code=rejected.reason, token_error=INVALID_TOKEN
             ) from None
+        self.count("valid_cached" if verified.cached else "valid")
+        return identity
 
     def readiness(self) -> dict[str, Any]:
         keyset = self.keyset

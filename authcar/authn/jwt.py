@@ -24,7 +24,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
@@ -77,6 +77,7 @@ class VerifiedToken:
     issuer: str
     kid: str
     expires: float  # exp, unix time
+    cached: bool = False  # answered from the verified-token cache
 
 
 @dataclass(slots=True)
@@ -218,6 +219,6 @@ class JWTValidator:
         return token
 
     def remember(self, cache_key: bytes, token: VerifiedToken, keyset: KeySet) -> None:
-        self.cache[cache_key] = CacheEntry(token, keyset, keyset.version)
+        self.cache[cache_key] = CacheEntry(replace(token, cached=True), keyset, keyset.version)
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)  # oldest first: bounded memory whatever the traffic

@@ -171,6 +171,7 @@ class KeySet:
         refresh_interval: float = 300.0,
         unknown_kid_cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[bool], None] | None = None,
     ) -> None:
         if (jwks_url is None) == (static_file is None):
             raise ValueError("a KeySet needs exactly one of jwks_url and static_file")
@@ -180,6 +181,7 @@ class KeySet:
         self.refresh_interval = refresh_interval
         self.cooldown = unknown_kid_cooldown
         self.clock = clock
+        self.on_fetch = on_fetch or (lambda ok: None)
         self.keys: dict[str, VerificationKey] = {}
         self.version = 0  # bumped whenever the set of keys changes (verified-token caches check it)
         self.last_attempt = float("-inf")
@@ -216,10 +218,12 @@ class KeySet:
             keys = await self.fetch()
         except KeySetError as exc:
             self.last_error = str(exc)
+            self.on_fetch(False)
             log.error("jwks_fetch_failed", extra={"error": str(exc), "keys_kept": len(self.keys)})
         else:
             self.last_error = None
             self.last_success = self.clock()
+            self.on_fetch(True)
             if keys.keys() != self.keys.keys() or any(keys[k].key != self.keys[k].key for k in keys):
                 self.version += 1
                 log.info("jwks_updated", extra={"kids": sorted(keys)[:20], "version": self.version})
