@@ -306,12 +306,20 @@ class Metrics:
         self.info.labels(version=__version__).set(1)
         # Label lookups take a lock and a dict hit; the hot path reuses the children.
         self.request_children: dict[tuple[int, str], Any] = {}
+        self.token_children: dict[str, Any] = {}
 
     def count_request(self, status: int, decision: str) -> None:
         child = self.request_children.get((status, decision))
         if child is None:
             child = self.requests.labels(status=str(status), decision=decision)
             self.request_children[(status, decision)] = child
+        child.inc()
+
+    def count_token(self, result: str) -> None:
+        child = self.token_children.get(result)
+        if child is None:
+            child = self.token_validations.labels(result=result)
+            self.token_children[result] = child
         child.inc()
 
     def exposition_registry(self) -> CollectorRegistry:

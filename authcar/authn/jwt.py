@@ -39,6 +39,7 @@ from jwt.exceptions import (
 )
 
 from authcar.authn.keys import ASYMMETRIC_ALGORITHMS, KeySet
+from authcar.identity import Identity
 
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -77,7 +78,12 @@ class VerifiedToken:
     issuer: str
     kid: str
     expires: float  # exp, unix time
+    identity: Identity  # derived once, when the token was verified
     cached: bool = False  # answered from the verified-token cache
+
+
+# Turns verified claims into the caller's Identity (or raises TokenRejected for unusable claims).
+Identify = Callable[[Mapping[str, Any], str], Identity]
 
 
 @dataclass(slots=True)
@@ -110,21 +116,29 @@ class JWTValidator:
     def __init__(
         self,
         issuers: Mapping[str, tuple[IssuerPolicy, KeySet]],
+        identify: Identify,
         *,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuers = dict(issuers)
+        self.identify = identify
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
         self.clock = clock
         self.cache: OrderedDict[bytes, CacheEntry] = OrderedDict()
 
+    def cache_hit_for(self, token: str) -> VerifiedToken | None:
+        """The verification of this exact token, if it was verified before and still holds."""
+        if len(token) > self.max_token_bytes:
+            return None
+        return self.cache_hit(hashlib.sha256(token.encode("latin-1", "replace")).digest())
+
     async def validate(self, token: str) -> VerifiedToken:
         if len(token) > self.max_token_bytes:
             raise TokenRejected("too_large", "the token is larger than allowed")
-        cache_key = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        cache_key = hashlib.sha256(token.encode("latin-1", "replace")).digest()
         cached = self.cache_hit(cache_key)
         if cached is not None:
             return cached
@@ -165,7 +179,13 @@ class JWTValidator:
             raise TokenRejected("alg_key_mismatch", "the token's algorithm does not match its key")
 
         claims = self.verify(token, key.key, alg, policy)
-        verified = VerifiedToken(claims=claims, issuer=policy.issuer, kid=kid, expires=float(claims["exp"]))
+        verified = VerifiedToken(
+            claims=claims,
+            issuer=policy.issuer,
+            kid=kid,
+            expires=float(claims["exp"]),
+            identity=self.identify(claims, policy.issuer),
+        )
         self.remember(cache_key, verified, keyset)
         return verified
 
