@@ -129,12 +129,6 @@ class JWTValidator:
         self.clock = clock
         self.cache: OrderedDict[bytes, CacheEntry] = OrderedDict()
 
-    def cache_hit_for(self, token: str) -> VerifiedToken | None:
-        """The verification of this exact token, if it was verified before and still holds."""
-        if len(token) > self.max_token_bytes:
-            return None
-        return self.cache_hit(hashlib.sha256(token.encode("latin-1", "replace")).digest())
-
     async def validate(self, token: str) -> VerifiedToken:
         if len(token) > self.max_token_bytes:
             raise TokenRejected("too_large", "the token is larger than allowed")
