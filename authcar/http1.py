@@ -50,22 +50,11 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.slot_freed = False  # the pool has counted this connection as gone
         self.idle_since = 0.0
-        # Per exchange:
-        self.parser: httptools.HttpResponseParser | None = None
-        self.head_only = False
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done = False
+        self.parser: httptools.HttpResponseParser | None = None  # set while an exchange is open
         self.headers_ready: asyncio.Future[None] | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
-        self.buffered = 0
-        self.complete = False
-        self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.received_any = False
-        self.body_unsent = False  # answered before the request body was sent: not reusable
-        self.keep_alive = False
-        self.request_done = False  # the whole request is written: the upstream's turn
+        self.reset_exchange()
         self.reading_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -159,19 +148,23 @@ class Connection(asyncio.Protocol):
     # exchange
     def begin(self, head_only: bool) -> None:
         self.parser = httptools.HttpResponseParser(self)
-        self.head_only = head_only
-        self.status = 0
-        self.headers = []
-        self.headers_done = False
         self.headers_ready = self.loop.create_future()
         self.chunks.clear()
+        self.reset_exchange(head_only)
+
+    def reset_exchange(self, head_only: bool = False) -> None:
+        """The state of one request/response exchange, as it is before anything happened."""
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
         self.buffered = 0
         self.complete = False
-        self.error = None
+        self.error: UpstreamError | None = None
         self.received_any = False
-        self.body_unsent = False
+        self.body_unsent = False  # answered before the request body was sent: not reusable
         self.keep_alive = False
-        self.request_done = False
+        self.request_done = False  # the whole request is written: the upstream's turn
 
     def request_sent(self) -> None:
         """From here on, silence is the upstream's: start the read timeout."""
