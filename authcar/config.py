@@ -127,10 +127,6 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def field_type(schema: type, name: str) -> Any:
-    return typing.get_type_hints(schema)[name]
-
-
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,

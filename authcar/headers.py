@@ -117,11 +117,6 @@ def fold_name(name: bytes) -> bytes:
     return name.replace(b"_", b"-").replace(b".", b"-")
 
 
-def is_identity_header(name: bytes) -> bool:
-    folded = fold_name(name)
-    return folded in IDENTITY_NAMES or folded.startswith(IDENTITY_PREFIXES)
-
-
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """Header names the client listed in `Connection`: hop-by-hop for this one hop only."""
     tokens: set[bytes] = set()

@@ -80,8 +80,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
 def format_time(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    seconds = time.strftime(SECONDS_FORMAT, time.gmtime(created))
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
@@ -187,7 +190,7 @@ class AccessLog:
         second = int(now)
         if second != self.second:
             self.second = second
-            self.second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.second_text = time.strftime(SECONDS_FORMAT, time.gmtime(second))
         return f"{self.second_text}.{int(now % 1 * 1000):03d}Z"
 
     def format(self, e: AccessEntry) -> str:
