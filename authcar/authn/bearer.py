@@ -25,6 +25,7 @@ from authcar.types import Headers
 
 log = logging.getLogger("authcar.authn")
 
+
 def bearer_token(headers: Headers) -> str | None:
     """The bearer token of the Authorization header (not yet checked); None when there is none."""
     found: bytes | None = None
