@@ -38,7 +38,9 @@ NO_STORE = {"Cache-Control": "no-store"}  # token answers must not be cached (RF
 # What a misconfigured proxy in front of an IdP answers: a page, labelled as JSON.
 GARBAGE = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 # Attributes the admin "configure" call may set.
-CONFIGURABLE = frozenset({"delay", "token_lifetime", "refresh_lifetime", "discovery_overrides"})
+CONFIGURABLE = frozenset(
+    {"delay", "token_lifetime", "refresh_lifetime", "discovery_overrides", "introspection_auth_methods"}
+)
 
 
 def configure(idp: IdP, **settings: Any) -> None:
@@ -155,7 +157,8 @@ async def oauth_error(request: Request, exc: Exception) -> Response:
 
 
 class Modes:
-    """Counts each OIDC request by endpoint name, then fails it as the provider's mode says.
+    """Counts each OIDC request by endpoint name (and the most answered at once), then fails it as the
+    provider's mode says.
 
     Admin calls pass untouched: a provider that is "down" must still take the call that brings it back.
     """
@@ -175,6 +178,15 @@ class Modes:
             await self.app(scope, receive, send)
             return
         self.idp.counts[name] += 1
+        in_flight, peak = self.idp.in_flight, self.idp.peak_in_flight
+        in_flight[name] += 1
+        peak[name] = max(peak[name], in_flight[name])
+        try:
+            await self.answer(name, scope, receive, send)
+        finally:
+            in_flight[name] -= 1
+
+    async def answer(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         mode = self.idp.mode_for(name)
         if mode == "slow":
             with contextlib.suppress(TimeoutError):

@@ -123,6 +123,11 @@ class IdPClient:
     def token_requests(self) -> int:
         return self.count("token")
 
+    @property
+    def peak_introspections(self) -> int:
+        """The most introspection requests the provider was answering at the same time."""
+        return int(self.call("describe")["peak_in_flight"].get("introspect", 0))
+
     def reset_counters(self) -> None:
         self.call("reset_counters")
 

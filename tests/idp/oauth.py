@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -160,12 +160,21 @@ def id_token(idp: IdP, login: Login, access_token: str) -> str:
 
 
 def authenticate(
-    idp: IdP, form: Mapping[str, str], authorization: str | None, *, allow_public: bool
+    idp: IdP,
+    form: Mapping[str, str],
+    authorization: str | None,
+    *,
+    allow_public: bool,
+    methods: Sequence[str] = ("client_secret_basic", "client_secret_post"),
 ) -> Client:
-    """client_secret_basic or client_secret_post (exactly one); public clients only where allowed."""
+    """client_secret_basic or client_secret_post (exactly one, among `methods`); public clients only
+    where allowed."""
     basic = basic_credentials(authorization)
     if basic is not None and "client_secret" in form:
         raise OAuthError("invalid_request", "more than one client authentication method")
+    used = "client_secret_basic" if basic is not None else "client_secret_post"
+    if (basic is not None or "client_secret" in form) and used not in methods:
+        raise OAuthError("invalid_client", f"{used} is not accepted here", 401)
     client_id, secret = basic if basic is not None else (form.get("client_id"), form.get("client_secret"))
     client = idp.clients.get(client_id or "")
     if client is None:
@@ -180,7 +189,7 @@ def authenticate(
 
 
 def introspect(idp: IdP, form: Mapping[str, str], authorization: str | None) -> dict[str, Any]:
-    authenticate(idp, form, authorization, allow_public=False)
+    authenticate(idp, form, authorization, allow_public=False, methods=idp.introspection_auth_methods)
     if not form.get("token"):
         raise OAuthError("invalid_request", "token is required")
     claims = idp.inspect(form["token"])

@@ -111,6 +111,10 @@ class IdP:
     clients: dict[str, Client] = field(default_factory=dict)
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # to serve a lying discovery document
     counts: Counter[str] = field(default_factory=Counter)  # requests per endpoint name, in every mode
+    in_flight: Counter[str] = field(default_factory=Counter)  # requests being answered now, per endpoint
+    peak_in_flight: Counter[str] = field(default_factory=Counter)  # most ever answered at once, per endpoint
+    # What discovery advertises for introspection, and all the introspection endpoint accepts.
+    introspection_auth_methods: list[str] = field(default_factory=lambda: list(CLIENT_AUTH_METHODS))
     codes: dict[str, Code] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)  # opaque access tokens and refresh tokens
     revoked_jtis: set[str] = field(default_factory=set)
@@ -177,7 +181,7 @@ class IdP:
             "id_token_signing_alg_values_supported": algs,
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
-            "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+            "introspection_endpoint_auth_methods_supported": list(self.introspection_auth_methods),
             "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
             "authorization_response_iss_parameter_supported": True,
         }
@@ -217,8 +221,14 @@ class IdP:
     def token_requests(self) -> int:
         return self.counts["token"]
 
+    @property
+    def peak_introspections(self) -> int:
+        """The most introspection requests the provider was answering at the same time."""
+        return self.peak_in_flight["introspect"]
+
     def reset_counters(self) -> None:
         self.counts.clear()
+        self.peak_in_flight.clear()  # not in_flight: requests under way still finish
 
     def register_client(
         self,
@@ -262,6 +272,7 @@ class IdP:
             "mode_endpoints": sorted(self.mode_endpoints),
             "delay": self.delay,
             "counts": dict(self.counts),
+            "peak_in_flight": dict(self.peak_in_flight),
         }
 
     # -- keys
@@ -350,11 +361,18 @@ class IdP:
         groups: Sequence[str] = (),
         expires_in: int = 300,
         active: bool = True,
+        omit: Iterable[str] = (),
     ) -> str:
-        """An opaque access token; introspection reports the claims mint() would have signed."""
+        """An opaque access token; introspection reports the claims mint() would have signed.
+
+        `claims` are merged over the defaults (even `active`, to serve a malformed answer) and `omit`
+        drops claims.
+        """
         user = User(sub, sub, f"{sub}@example.com", tuple(roles), tuple(groups))
         body = self.claims_for(user, aud=aud, scope=scope, azp=client_id, expires_in=expires_in)
         body.update(claims or {})
+        for name in omit:
+            body.pop(name, None)
         return self.store(Grant(body, revoked=not active))
 
     def revoke(self, token: str) -> None:
