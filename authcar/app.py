@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import IO, Any
@@ -12,12 +11,14 @@ import httpx
 from starlette.applications import Starlette
 
 from authcar.admin import build_admin_app
-from authcar.authn.bearer import BearerAuthenticator
+from authcar.authn.chain import Authentication
+from authcar.background import cancel_and_wait
 from authcar.config import Settings
 from authcar.gate import Gate
 from authcar.headers import HeaderRules
 from authcar.observe import AccessLog, Metrics
 from authcar.reserved import build_reserved_app
+from authcar.store import MemoryStore, Store
 from authcar.tls import CertificateStore
 from authcar.upstream import Upstream
 
@@ -58,9 +59,10 @@ class Sidecar:
         self.idp_http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=3.0), follow_redirects=False, headers={"User-Agent": "authcar"}
         )
-        self.authenticator: BearerAuthenticator | None = None
-        if settings.oidc_issuer_url is not None:
-            self.authenticator = BearerAuthenticator(settings, self.idp_http, self.metrics)
+        # Shared state (introspection results; later sessions and rate limits). In memory until a
+        # Redis URL is configured (the shared-state work).
+        self.store: Store = MemoryStore()
+        self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
         self.public_app = Gate(self, build_reserved_app())
@@ -68,21 +70,15 @@ class Sidecar:
 
     async def start(self) -> None:
         await self.upstream.start()
-        if self.authenticator is not None:
-            await self.authenticator.start()
+        await self.authentication.start()
         if self.tls is not None:
             self.tasks.append(asyncio.create_task(self.tls.watch(), name="authcar-tls-watch"))
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self.tasks.clear()
-        if self.authenticator is not None:
-            await self.authenticator.close()
+        await cancel_and_wait(self.tasks)
+        await self.authentication.close()
         await self.idp_http.aclose()
+        await self.store.close()
         await self.upstream.close()
         self.access_log.close()
 
@@ -102,8 +98,9 @@ class Sidecar:
         checks: dict[str, dict[str, Any]] = {"config": {"ok": True}}
         if self.draining:
             checks["shutdown"] = {"ok": False, "detail": "draining after SIGTERM"}
-        if self.authenticator is not None:
-            checks["keys"] = self.authenticator.readiness()
+        keys = self.authentication.readiness()
+        if keys is not None:
+            checks["keys"] = keys
         problem = await self.upstream.probe()
         checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
         if self.tls is not None:

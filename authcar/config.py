@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -27,6 +28,39 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 def setting(default: Any, help: str, *, secret: bool = False) -> Any:
     """A settings field with its documentation; `secret` adds the `AUTHCAR_<NAME>_FILE` variant."""
     return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """One trusted token issuer. The AUTHCAR_OIDC_* variables describe the first; YAML adds more.
+
+    Fields left out of a YAML issuer (None) take the value of the matching top-level setting, except
+    those that only make sense per issuer (audience, key and endpoint locations, client credentials).
+    """
+
+    issuer_url: str
+    audience: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] | None = None
+    leeway: float | None = None
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    introspection_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    required_claims: tuple[str, ...] | None = None
+    required_scopes: tuple[str, ...] | None = None
+    subject_claim: str | None = None
+    roles_claim: tuple[str, ...] | None = None
+
+    # Settings fields the inheritable fields fall back to.
+    INHERITED: typing.ClassVar[dict[str, str]] = {
+        "algorithms": "oidc_algorithms",
+        "leeway": "oidc_leeway",
+        "required_claims": "oidc_required_claims",
+        "required_scopes": "oidc_required_scopes",
+        "subject_claim": "subject_claim",
+        "roles_claim": "roles_claim",
+    }
 
 
 @dataclass(frozen=True)
@@ -60,11 +94,45 @@ class Settings:
     oidc_jwks_cooldown: float = setting(
         30.0, "seconds before a token with an unknown key id may trigger another JWKS fetch"
     )
-    subject_claim: str = setting("sub", "claim (dotted path) that names the subject")
+    oidc_introspection_url: str | None = setting(
+        None, "RFC 7662 endpoint for opaque tokens (default: from discovery; needs the client id and secret)"
+    )
+    oidc_required_claims: tuple[str, ...] = setting(
+        ("exp", "iat"), "claims every JWT access token must carry (the subject claim is always required)"
+    )
+    oidc_required_scopes: tuple[str, ...] = setting(
+        (), "scopes every token must carry; 403 insufficient_scope otherwise"
+    )
+    subject_claim: str = setting(
+        "sub", "claim (dotted path) that names the subject (opaque tokens without it: client_id)"
+    )
     roles_claim: tuple[str, ...] = setting(
         ("groups", "roles", "realm_access.roles"), "claims (dotted paths) whose values become roles"
     )
+    issuers: tuple[IssuerSettings, ...] = setting(
+        (), "further issuers, each a mapping of issuer settings (YAML list; see docs/configuration.md)"
+    )
     max_token_bytes: int = setting(16384, "largest bearer token accepted; 401 above")
+    introspection_cache_ttl: float = setting(
+        300.0, "seconds an active introspection result is reused (never past the token's exp)"
+    )
+    introspection_negative_ttl: float = setting(
+        10.0, "seconds an inactive token's answer is reused, so a flood of one bad token costs one call"
+    )
+    introspection_max_concurrency: int = setting(16, "most introspection calls in flight at once")
+    token_cookie: str | None = setting(None, "name of a cookie that may carry the bearer token")
+    allow_query_token: bool = setting(
+        False, "accept tokens in the `access_token` query parameter (RFC 6750 2.3; leaks into logs)"
+    )
+    public_paths: tuple[str, ...] = setting(
+        (), "paths served without authentication, e.g. `GET /healthz,/docs/*` (normalised path only)"
+    )
+    public_cors_preflight: bool = setting(
+        False, "let CORS preflight requests (OPTIONS with Origin and Access-Control-Request-Method) through"
+    )
+    tls_client_cert_identity: bool = setting(
+        False, "a verified client certificate (mTLS) without a token identifies the caller (URI SAN, else CN)"
+    )
 
     allow_anonymous: bool = setting(
         False, "forward requests without authentication (development only; the default is deny)"
@@ -106,6 +174,29 @@ class Settings:
     access_log: bool = setting(True, "one line per request on stdout (events go to stderr)")
 
     config: Path | None = setting(None, "YAML file with settings (lower precedence than env and flags)")
+
+    def configured_issuers(self) -> tuple[IssuerSettings, ...]:
+        """The issuers as configured: the AUTHCAR_OIDC_* one first (if set), then the YAML list."""
+        if self.oidc_issuer_url is None:
+            return self.issuers
+        from_env = IssuerSettings(
+            issuer_url=self.oidc_issuer_url,
+            audience=self.oidc_audience,
+            jwks_url=self.oidc_jwks_url,
+            jwks_file=self.oidc_jwks_file,
+            introspection_url=self.oidc_introspection_url,
+            client_id=self.oidc_client_id,
+            client_secret=self.oidc_client_secret,
+        )
+        return (from_env, *self.issuers)
+
+    def all_issuers(self) -> tuple[IssuerSettings, ...]:
+        """Every trusted issuer with inherited fields filled in from the top-level settings."""
+        inherited = {name: getattr(self, top) for name, top in IssuerSettings.INHERITED.items()}
+        return tuple(
+            replace(issuer, **{k: v for k, v in inherited.items() if getattr(issuer, k) is None})
+            for issuer in self.configured_issuers()
+        )
 
 
 class ConfigError(Exception):
@@ -278,6 +369,8 @@ def coerce(value: Any, hint: Any) -> Any:
         if text not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return text
+    if origin is tuple and get_args(hint)[0] is IssuerSettings:
+        return coerce_issuers(value)
     if origin is tuple:
         if isinstance(value, str):
             items = [part.strip() for part in value.split(",")]
@@ -314,6 +407,49 @@ def coerce(value: Any, hint: Any) -> Any:
             raise ValueError(f"expected text, got {type(value).__name__}")
         return str(value).strip()
     raise ValueError(f"unsupported setting type {hint!r}")  # a bug in the schema, not in the input
+
+
+def coerce_issuers(value: Any) -> tuple[IssuerSettings, ...]:
+    """A list of issuer mappings (YAML, or YAML/JSON text in the environment variable)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("not a YAML or JSON list of issuer mappings") from None
+    if not isinstance(value, list):
+        raise ValueError("expected a list of issuer mappings")
+    hints = typing.get_type_hints(IssuerSettings)
+    known = {f.name for f in fields(IssuerSettings)}
+    issuers: list[IssuerSettings] = []
+    problems: list[str] = []
+    for index, entry in enumerate(value):
+        where = f"issuers[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping with at least issuer_url")
+            continue
+        values: dict[str, Any] = {}
+        for key, raw in entry.items():
+            name = str(key).replace("-", "_")
+            if name == "client_secret_file":
+                try:
+                    values["client_secret"] = Path(str(raw)).read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    problems.append(f"{where}.client_secret_file: cannot read {raw}: {exc.strerror}")
+                continue
+            if name not in known:
+                problems.append(f"{where}: unknown issuer setting {key!r}")
+                continue
+            try:
+                values[name] = coerce(raw, hints[name])
+            except ValueError as exc:
+                problems.append(f"{where}.{name}: {exc}")
+        if not values.get("issuer_url"):
+            problems.append(f"{where}: issuer_url is required")
+            continue
+        issuers.append(IssuerSettings(**values))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(issuers)
 
 
 def validate(s: Settings) -> list[str]:
@@ -385,44 +521,126 @@ def validate(s: Settings) -> list[str]:
     return problems
 
 
+# RFC 6265 cookie-name: an RFC 7230 token.
+COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
 )
 
 
+# How problems name an issuer's field: the environment variable for the AUTHCAR_OIDC_* issuer.
+ENV_ISSUER_NAMES = {
+    "issuer_url": "oidc_issuer_url",
+    "audience": "oidc_audience",
+    "jwks_url": "oidc_jwks_url",
+    "jwks_file": "oidc_jwks_file",
+    "introspection_url": "oidc_introspection_url",
+    "client_id": "oidc_client_id",
+    "client_secret": "oidc_client_secret",
+    **IssuerSettings.INHERITED,
+}
+
+
 def validate_oidc(s: Settings) -> list[str]:
     problems: list[str] = []
-    if s.oidc_issuer_url is not None:
-        issuer = urlsplit(s.oidc_issuer_url)
-        if issuer.scheme not in ("https", "http") or not issuer.hostname or issuer.query or issuer.fragment:
-            problems.append(f"{env_name('oidc_issuer_url')}: {s.oidc_issuer_url!r} is not an issuer URL")
-    for name in ("oidc_jwks_url",):
-        value = getattr(s, name)
-        if value is not None and urlsplit(value).scheme not in ("https", "http"):
-            problems.append(f"{env_name(name)}: {value!r} is not an http(s) URL")
-    if s.oidc_jwks_file is not None and not s.oidc_jwks_file.is_file():
-        problems.append(f"{env_name('oidc_jwks_file')}: {s.oidc_jwks_file} does not exist or is not a file")
-    if s.oidc_jwks_file is not None and s.oidc_jwks_url is not None:
-        problems.append(f"{env_name('oidc_jwks_file')} and {env_name('oidc_jwks_url')} exclude each other")
-    if (s.oidc_jwks_file is not None or s.oidc_jwks_url is not None) and s.oidc_issuer_url is None:
-        problems.append(f"{env_name('oidc_issuer_url')} is needed to check the `iss` of tokens")
-    unknown = [a for a in s.oidc_algorithms if a not in ASYMMETRIC_ALGORITHMS]
-    if unknown:
-        # HS* would let anyone holding the (public) verification key mint tokens.
-        problems.append(
-            f"{env_name('oidc_algorithms')}: {', '.join(unknown)} not accepted (asymmetric algorithms only)"
-        )
-    if not s.oidc_algorithms:
-        problems.append(f"{env_name('oidc_algorithms')}: at least one algorithm is needed")
-    if not 0 <= s.oidc_leeway <= 300:
-        problems.append(f"{env_name('oidc_leeway')}: must be between 0 and 300 seconds")
-    for name in ("oidc_jwks_refresh_interval", "oidc_jwks_cooldown", "max_token_bytes"):
+    # Top-level values (inherited by every issuer that does not set its own) are checked once.
+    problems.extend(validate_token_rules(s.oidc_algorithms, s.oidc_leeway, s.oidc_required_claims, env_name))
+    if s.oidc_issuer_url is None:
+        for name in ("oidc_jwks_url", "oidc_jwks_file", "oidc_introspection_url", "oidc_audience"):
+            if getattr(s, name):
+                problems.append(f"{env_name('oidc_issuer_url')} is needed to check the `iss` of tokens")
+                break
+    positive = (
+        "oidc_jwks_refresh_interval",
+        "oidc_jwks_cooldown",
+        "max_token_bytes",
+        "introspection_cache_ttl",
+        "introspection_negative_ttl",
+        "introspection_max_concurrency",
+    )
+    for name in positive:
         if getattr(s, name) <= 0:
             problems.append(f"{env_name(name)}: must be greater than 0")
-    if (s.oidc_client_id is None) != (s.oidc_client_secret is None):
+    if s.token_cookie is not None and not COOKIE_NAME.fullmatch(s.token_cookie):
+        problems.append(f"{env_name('token_cookie')}: {s.token_cookie!r} is not a valid cookie name")
+    if s.tls_client_cert_identity and s.tls_client_ca_file is None:
         problems.append(
-            f"{env_name('oidc_client_id')} and {env_name('oidc_client_secret')} must be set together"
+            f"{env_name('tls_client_cert_identity')} needs client certificates"
+            f" ({env_name('tls_client_ca_file')})"
         )
+
+    seen: set[str] = set()
+    for index, issuer in enumerate(s.configured_issuers()):
+        from_env = index == 0 and s.oidc_issuer_url is not None
+        yaml_index = index - 1 if s.oidc_issuer_url is not None else index
+
+        def name_of(field_name: str, from_env: bool = from_env, yaml_index: int = yaml_index) -> str:
+            if from_env:
+                return env_name(ENV_ISSUER_NAMES[field_name])
+            return f"issuers[{yaml_index}].{field_name}"
+
+        problems.extend(validate_issuer(issuer, name_of))
+        if issuer.issuer_url in seen:
+            problems.append(f"{name_of('issuer_url')}: issuer {issuer.issuer_url!r} is configured twice")
+        seen.add(issuer.issuer_url)
+    return problems
+
+
+def validate_issuer(issuer: IssuerSettings, name_of: typing.Callable[[str], str]) -> list[str]:
+    problems: list[str] = []
+    url = urlsplit(issuer.issuer_url)
+    if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment:
+        problems.append(f"{name_of('issuer_url')}: {issuer.issuer_url!r} is not an issuer URL")
+    for name in ("jwks_url", "introspection_url"):
+        value = getattr(issuer, name)
+        if value is not None and urlsplit(value).scheme not in ("https", "http"):
+            problems.append(f"{name_of(name)}: {value!r} is not an http(s) URL")
+    if issuer.jwks_file is not None and not issuer.jwks_file.is_file():
+        problems.append(f"{name_of('jwks_file')}: {issuer.jwks_file} does not exist or is not a file")
+    if issuer.jwks_file is not None and issuer.jwks_url is not None:
+        problems.append(f"{name_of('jwks_file')} and {name_of('jwks_url')} exclude each other")
+    if (issuer.client_id is None) != (issuer.client_secret is None):
+        problems.append(f"{name_of('client_id')} and {name_of('client_secret')} must be set together")
+    if issuer.introspection_url is not None and issuer.client_id is None:
+        problems.append(f"{name_of('introspection_url')} needs {name_of('client_id')} and its secret")
+    # Per-issuer overrides of the top-level token rules (None: inherited, checked once at the top).
+    problems.extend(
+        validate_token_rules(
+            issuer.algorithms, issuer.leeway, issuer.required_claims, name_of, overrides=True
+        )
+    )
+    return problems
+
+
+def validate_token_rules(
+    algorithms: tuple[str, ...] | None,
+    leeway: float | None,
+    required_claims: tuple[str, ...] | None,
+    name_of: typing.Callable[[str], str],
+    *,
+    overrides: bool = False,
+) -> list[str]:
+    problems: list[str] = []
+    names = (
+        ("algorithms", "leeway", "required_claims")
+        if overrides
+        else ("oidc_algorithms", "oidc_leeway", "oidc_required_claims")
+    )
+    if algorithms is not None:
+        unknown = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if unknown:
+            # HS* would let anyone holding the (public) verification key mint tokens.
+            problems.append(
+                f"{name_of(names[0])}: {', '.join(unknown)} not accepted (asymmetric algorithms only)"
+            )
+        if not algorithms:
+            problems.append(f"{name_of(names[0])}: at least one algorithm is needed")
+    if leeway is not None and not 0 <= leeway <= 300:
+        problems.append(f"{name_of(names[1])}: must be between 0 and 300 seconds")
+    if required_claims is not None and "exp" not in required_claims:
+        # A token without exp never expires: not something an access token may be.
+        problems.append(f"{name_of(names[2])}: must include exp")
     return problems
 
 

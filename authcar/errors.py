@@ -62,6 +62,25 @@ class Forbidden(GatewayError):
     description = "the request is not allowed"
 
 
+class InsufficientScope(Forbidden):
+    """RFC 6750 §3.1: the token is valid but lacks scopes this service requires."""
+
+    code = INSUFFICIENT_SCOPE
+    description = "the token lacks a required scope"
+
+    def __init__(self, required: frozenset[str]) -> None:
+        super().__init__()
+        self.required = required
+
+    def extra_headers(self) -> Headers:
+        scopes = quote(" ".join(sorted(self.required)))
+        challenge = (
+            f'Bearer realm="authcar", error="{INSUFFICIENT_SCOPE}", '
+            f'error_description="{quote(self.description)}", scope="{scopes}"'
+        )
+        return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
+
+
 class NotFound(GatewayError):
     status = 404
     code = "not_found"

@@ -1,8 +1,9 @@
 """The request pipeline: every request on the public listener passes through `Gate.__call__`.
 
     1. frame     request id, header rules (hop-by-hop, identity headers, X-Forwarded-*), body limits
-    2. route     reserved endpoints (/oauth2/*, /.well-known/authcar/*) go to the sidecar's own app
-    3. authn     who is calling (until authenticators exist: anonymous when allowed, else 401)
+    2. route     one path normalisation (ambiguous paths: 400); reserved endpoints (/oauth2/*,
+                 /.well-known/authcar/*) go to the sidecar's own app
+    3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401
     4. authz     may they do this (policy engine: a later stage)
     5. inject    identity headers (a later stage)
     6. forward   to the upstream, streaming; WebSockets bridged
@@ -17,10 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from authcar.errors import (
     BadGateway,
     BadRequest,
+    Forbidden,
     GatewayError,
     HeadersTooLarge,
     MethodNotAllowed,
@@ -31,6 +34,7 @@ from authcar.errors import (
 from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.observe import AccessEntry
+from authcar.paths import normalise_path
 from authcar.types import ASGIApp, Receive, Scope, Send
 from authcar.upstream import Exchange
 
@@ -79,12 +83,13 @@ class Gate:
             request_id = framed.request_id
 
             # 2. route
-            path: str = scope["path"]
-            if not path.startswith("/"):
+            if not scope["path"].startswith("/"):
                 # `OPTIONS *` (asterisk-form): there is no path to authorize or to forward.
                 raise BadRequest("the request target must be a path", code="bad_request_target")
             if scope.get("method") in REFUSED_METHODS:
                 raise MethodNotAllowed()
+            # One normalisation (ambiguous paths are 400): what is checked is what is forwarded.
+            path = self.checked_path(scope)
             if path.startswith(self.reserved_prefixes):
                 decision = "sidecar"
                 own_scope, own_send = with_request_id(scope, send, request_id, exchange)
@@ -92,7 +97,7 @@ class Gate:
                 return
 
             # 3. authn
-            identity = await self.authenticate(scope)
+            identity = await sidecar.authentication.authenticate(scope, path)
             decision = "anonymous" if identity.is_anonymous else "allow"
 
             # 4. authz, 5. inject: later stages.
@@ -107,7 +112,7 @@ class Gate:
             exchange.status = 499 if exchange.client_gone else error.status
             if decision in ("allow", "anonymous"):
                 decision = "error"
-            if isinstance(error, Unauthorized):
+            if isinstance(error, Unauthorized | Forbidden):
                 decision = "deny"
             exchange.bytes_out = await self.reject(
                 scope, send, error, request_id or request_id_from(scope["headers"]), websocket
@@ -150,13 +155,16 @@ class Gate:
             raise PayloadTooLarge()
         return framed
 
-    async def authenticate(self, scope: Scope) -> Identity:
-        authenticator = self.sidecar.authenticator
-        if authenticator is not None:
-            return await authenticator.authenticate(scope["headers"])
-        if self.settings.allow_anonymous:
-            return ANONYMOUS
-        raise Unauthorized("no authentication method is configured for this request", code="no_credentials")
+    def checked_path(self, scope: Scope) -> str:
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path is None:
+            # A server that gives only the decoded path leaves nothing safe to check and forward.
+            raise BadRequest("the server gave no raw request path", code="bad_request_target")
+        path = normalise_path(raw_path)
+        if len(path) != len(raw_path) or path.encode("ascii") != raw_path:
+            scope["raw_path"] = path.encode("ascii")
+            scope["path"] = unquote(path)
+        return path
 
     async def reject(
         self, scope: Scope, send: Send, error: GatewayError, request_id: str, websocket: bool

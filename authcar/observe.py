@@ -297,6 +297,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.introspection_duration = Histogram(
+            "authcar_introspection_seconds",
+            "Token introspection calls to the identity provider, by result (cache hits excluded)",
+            ["result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.jwks_fetches = Counter(
             "authcar_jwks_fetches",
             "Key set fetches from the identity provider, by result",

@@ -59,6 +59,7 @@ class ClientCertificate:
     subject: str  # RFC 4514, e.g. "CN=svc-a,O=acme"
     common_name: str | None
     sans: tuple[str, ...]  # DNS names, URIs, emails and IPs, in certificate order
+    uris: tuple[str, ...]  # the URI names alone (a SPIFFE ID is one), in certificate order
     issuer: str  # RFC 4514
     serial: str  # hex
     not_after: float  # unix time
@@ -261,6 +262,7 @@ def client_certificate(ssl_object: ssl.SSLObject | None) -> ClientCertificate | 
         subject=cert.subject.rfc4514_string(),
         common_name=_common_name(cert),
         sans=_string_sans(cert),
+        uris=_uri_sans(cert),
         issuer=cert.issuer.rfc4514_string(),
         serial=_serial_hex(cert),
         not_after=cert.not_valid_after_utc.timestamp(),
@@ -414,6 +416,14 @@ def _string_sans(cert: x509.Certificate) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         return ()
     return tuple(str(name.value) for name in ext.value if isinstance(name, _STRING_SAN_TYPES))
+
+
+def _uri_sans(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def _log_event(event: str, fields: dict[str, object]) -> None:

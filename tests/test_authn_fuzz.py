@@ -12,25 +12,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authcar.authn.bearer import BearerAuthenticator
+from authcar.authn.chain import Authentication
 from authcar.errors import BadRequest, Unauthorized
+from authcar.store import MemoryStore
 from tests.conftest import sidecar_settings
 from tests.idp import run_idp
 
 
 @pytest.fixture(scope="module")
-def authenticator() -> Iterator[tuple[BearerAuthenticator, asyncio.AbstractEventLoop, str]]:
+def authenticator() -> Iterator[tuple[Authentication, asyncio.AbstractEventLoop, str]]:
     """One provider and one authenticator for all examples (hypothesis runs many)."""
     loop = asyncio.new_event_loop()
     context = run_idp()
     idp = loop.run_until_complete(context.__aenter__())
     http = httpx.AsyncClient()
-    auth = BearerAuthenticator(
-        sidecar_settings("http://127.0.0.1:1", oidc_issuer_url=idp.issuer, oidc_audience=("api",)), http
+    auth = Authentication(
+        sidecar_settings("http://127.0.0.1:1", oidc_issuer_url=idp.issuer, oidc_audience=("api",)),
+        http,
+        MemoryStore(),
     )
     loop.run_until_complete(auth.start())
-    assert auth.keyset is not None
-    assert auth.keyset.loaded
+    keyset = auth.issuers[0].keyset
+    assert keyset is not None
+    assert keyset.loaded
     try:
         yield auth, loop, idp.mint()
     finally:
@@ -40,9 +44,10 @@ def authenticator() -> Iterator[tuple[BearerAuthenticator, asyncio.AbstractEvent
         loop.close()
 
 
-def refuse(auth: BearerAuthenticator, loop: asyncio.AbstractEventLoop, value: bytes) -> None:
+def refuse(auth: Authentication, loop: asyncio.AbstractEventLoop, value: bytes) -> None:
     try:
-        loop.run_until_complete(auth.authenticate([(b"authorization", b"Bearer " + value)]))
+        scope = {"method": "GET", "headers": [(b"authorization", b"Bearer " + value)], "query_string": b""}
+        loop.run_until_complete(auth.authenticate(scope, "/"))
     except Unauthorized:
         return
     except BadRequest:

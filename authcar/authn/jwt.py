@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from jwt.exceptions import (
@@ -86,6 +86,18 @@ class VerifiedToken:
 Identify = Callable[[Mapping[str, Any], str], Identity]
 
 
+class TrustedIssuer(Protocol):
+    """What the validator needs of an issuer: its rules, its keys (None until loaded), its claim map."""
+
+    @property
+    def policy(self) -> IssuerPolicy: ...
+
+    @property
+    def keyset(self) -> KeySet | None: ...
+
+    def identify(self, claims: Mapping[str, Any]) -> Identity: ...
+
+
 @dataclass(slots=True)
 class CacheEntry:
     token: VerifiedToken
@@ -115,15 +127,13 @@ class JWTValidator:
 
     def __init__(
         self,
-        issuers: Mapping[str, tuple[IssuerPolicy, KeySet]],
-        identify: Identify,
+        issuers: Mapping[str, TrustedIssuer],
         *,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuers = dict(issuers)
-        self.identify = identify
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
         self.clock = clock
@@ -158,7 +168,10 @@ class JWTValidator:
         selected = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if selected is None:
             raise TokenRejected("wrong_issuer", "the token's issuer is not trusted")
-        policy, keyset = selected
+        policy, keyset = selected.policy, selected.keyset
+        if keyset is None:
+            # The issuer is trusted but its keys have not loaded yet (provider down since start).
+            raise TokenRejected("keys_unavailable", "the token cannot be verified now")
         if alg not in policy.algorithms:
             raise TokenRejected("alg_not_allowed", f"algorithm {alg[:20]!r} is not accepted")
 
@@ -178,7 +191,7 @@ class JWTValidator:
             issuer=policy.issuer,
             kid=kid,
             expires=float(claims["exp"]),
-            identity=self.identify(claims, policy.issuer),
+            identity=selected.identify(claims),
         )
         self.remember(cache_key, verified, keyset)
         return verified
@@ -221,7 +234,7 @@ class JWTValidator:
         if entry is None:
             return None
         token = entry.token
-        if self.clock() >= token.expires + self.issuers[token.issuer][0].leeway:
+        if self.clock() >= token.expires + self.issuers[token.issuer].policy.leeway:
             del self.cache[cache_key]
             return None
         if entry.version != entry.keyset.version:
