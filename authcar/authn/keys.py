@@ -159,7 +159,7 @@ class KeySet:
     """One issuer's verification keys, kept fresh.
 
     `get()` is the synchronous fast path. `find()` also handles a kid we have not seen: it waits for
-    the fetch already under way, or starts one if the last fetch is older than the cool-down.
+    the fetch already under way, or starts one unless an unknown kid already did within the cool-down.
     """
 
     def __init__(
@@ -185,6 +185,7 @@ class KeySet:
         self.keys: dict[str, VerificationKey] = {}
         self.version = 0  # bumped whenever the set of keys changes (verified-token caches check it)
         self.last_attempt = float("-inf")
+        self.last_kid_fetch = float("-inf")
         self.last_success = float("-inf")
         self.last_error: str | None = None
         self.fetches = 0
@@ -203,7 +204,11 @@ class KeySet:
             return key
         if self.inflight is not None:
             await asyncio.shield(self.inflight)
-        elif self.clock() - self.last_attempt >= self.cooldown:
+        elif self.clock() - self.last_kid_fetch >= self.cooldown:
+            # Only fetches that unknown kids caused count against the cool-down: a key published
+            # right after the scheduled fetch is picked up on its first use, and a flood of random
+            # kids still costs at most one fetch per cool-down.
+            self.last_kid_fetch = self.clock()
             await self.refresh()
         return self.keys.get(kid)
 
