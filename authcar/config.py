@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from authcar.paths import parse_public_path
+
 ENV_PREFIX = "AUTHCAR_"
 
 LogFormat = Literal["json", "text"]
@@ -562,6 +564,11 @@ def validate_oidc(s: Settings) -> list[str]:
     for name in positive:
         if getattr(s, name) <= 0:
             problems.append(f"{env_name(name)}: must be greater than 0")
+    for entry in s.public_paths:
+        try:
+            parse_public_path(entry)
+        except ValueError as exc:
+            problems.append(f"{env_name('public_paths')}: {exc}")
     if s.token_cookie is not None and not COOKIE_NAME.fullmatch(s.token_cookie):
         problems.append(f"{env_name('token_cookie')}: {s.token_cookie!r} is not a valid cookie name")
     if s.tls_client_cert_identity and s.tls_client_ca_file is None:

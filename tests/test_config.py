@@ -230,3 +230,97 @@ def test_help_lists_every_setting_with_its_environment_variable() -> None:
         "AUTHCAR_SHUTDOWN_DELAY",
     ):
         assert name in result.stdout
+
+
+# --- issuers and authentication settings ----------------------------------------------------
+
+
+def test_several_issuers_from_yaml_inherit_only_the_shared_rules(tmp_path: Path) -> None:
+    secret = tmp_path / "partner-secret"
+    secret.write_text("s3cret\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "issuers:\n"
+        "  - issuer_url: https://partners.example/realm\n"
+        "    audience: [partner-api]\n"
+        "    leeway: 5\n"
+        "    subject-claim: email\n"
+        "    client_id: authcar\n"
+        f"    client_secret_file: {secret}\n"
+    )
+    s = load(
+        env={
+            "AUTHCAR_CONFIG": str(config),
+            "AUTHCAR_OIDC_ISSUER_URL": "https://login.example/realm",
+            "AUTHCAR_OIDC_AUDIENCE": "api",
+            "AUTHCAR_OIDC_ALGORITHMS": "ES256",
+            "AUTHCAR_ROLES_CLAIM": "groups",
+        }
+    )
+    own, partner = s.all_issuers()
+    assert (own.issuer_url, own.audience, own.algorithms, own.leeway) == (
+        "https://login.example/realm",
+        ("api",),
+        ("ES256",),
+        30.0,
+    )
+    assert partner.issuer_url == "https://partners.example/realm"
+    assert partner.audience == ("partner-api",)  # never inherited: audiences belong to one issuer
+    assert (partner.leeway, partner.subject_claim) == (5.0, "email")  # its own
+    assert (partner.algorithms, partner.roles_claim) == (("ES256",), ("groups",))  # inherited
+    assert partner.client_secret == "s3cret"
+    assert "s3cret" not in repr(partner)
+
+
+def test_issuers_can_come_from_the_environment_as_json() -> None:
+    s = load(env={"AUTHCAR_ISSUERS": '[{"issuer_url": "https://a.example", "audience": ["x"]}]'})
+    assert [i.issuer_url for i in s.all_issuers()] == ["https://a.example"]
+
+
+def test_issuer_problems_are_all_reported_with_their_place(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "issuers:\n"
+        "  - issuer_url: https://login.example/realm\n"  # the same as the env issuer
+        "    algorithms: [HS256]\n"
+        "    required_claims: [iat]\n"
+        "    client_id: only-the-id\n"
+        "  - issuer_url: ftp://nope\n"
+        "    introspection_url: https://nope/introspect\n"
+    )
+    problems = problems_of(
+        env={"AUTHCAR_CONFIG": str(config), "AUTHCAR_OIDC_ISSUER_URL": "https://login.example/realm"}
+    )
+    expected = [
+        "issuers[0].algorithms: HS256 not accepted",
+        "issuers[0].required_claims: must include exp",
+        "issuers[0].client_id and issuers[0].client_secret must be set together",
+        "issuers[0].issuer_url: issuer 'https://login.example/realm' is configured twice",
+        "issuers[1].issuer_url: 'ftp://nope' is not an issuer URL",
+        "issuers[1].introspection_url needs issuers[1].client_id",
+    ]
+    for text in expected:
+        assert any(p.startswith(text) for p in problems), (text, problems)
+    config.write_text("issuers:\n  - audience: [x]\n    colour: blue\n")
+    problems = problems_of(env={"AUTHCAR_CONFIG": str(config)})
+    assert any("issuers[0]: unknown issuer setting 'colour'" in p for p in problems)
+    assert any("issuers[0]: issuer_url is required" in p for p in problems)
+
+
+def test_authentication_settings_are_checked(tmp_path: Path) -> None:
+    problems = problems_of(
+        env={
+            "AUTHCAR_PUBLIC_PATHS": "GET /healthz,/docs/../admin,BREW /pot",
+            "AUTHCAR_TOKEN_COOKIE": "access token",
+            "AUTHCAR_TLS_CLIENT_CERT_IDENTITY": "true",
+            "AUTHCAR_OIDC_JWKS_URL": "https://login.example/jwks",
+            "AUTHCAR_INTROSPECTION_MAX_CONCURRENCY": "0",
+        }
+    )
+    assert sum("AUTHCAR_PUBLIC_PATHS" in p for p in problems) == 2
+    assert any("AUTHCAR_TOKEN_COOKIE" in p for p in problems)
+    assert any("AUTHCAR_TLS_CLIENT_CERT_IDENTITY needs client certificates" in p for p in problems)
+    assert any("AUTHCAR_OIDC_ISSUER_URL is needed" in p for p in problems)
+    assert any("AUTHCAR_INTROSPECTION_MAX_CONCURRENCY: must be greater than 0" in p for p in problems)
+    s = load(env={"AUTHCAR_PUBLIC_PATHS": "GET|HEAD /healthz, /docs/*", "AUTHCAR_TOKEN_COOKIE": "access"})
+    assert s.public_paths == ("GET|HEAD /healthz", "/docs/*")
