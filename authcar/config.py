@@ -112,7 +112,7 @@ class Settings:
         ("groups", "roles", "realm_access.roles"), "claims (dotted paths) whose values become roles"
     )
     issuers: tuple[IssuerSettings, ...] = setting(
-        (), "further issuers, each a mapping of issuer settings (YAML list; see docs/configuration.md)"
+        (), "further issuers, each a mapping of issuer settings (YAML list; see docs/authentication.md)"
     )
     max_token_bytes: int = setting(16384, "largest bearer token accepted; 401 above")
     introspection_cache_ttl: float = setting(
