@@ -71,6 +71,7 @@ class Sidecar:
     async def start(self) -> None:
         await self.upstream.start()
         await self.authentication.start()
+        self.tasks.append(asyncio.create_task(self.metrics.flush_periodically(), name="authcar-metrics"))
         if self.tls is not None:
             self.tasks.append(asyncio.create_task(self.tls.watch(), name="authcar-tls-watch"))
 
@@ -79,6 +80,7 @@ class Sidecar:
         await self.authentication.close()
         await self.idp_http.aclose()
         await self.store.close()
+        self.metrics.flush()  # the last counts reach the (multiprocess) files before exit
         await self.upstream.close()
         self.access_log.close()
 

@@ -23,6 +23,8 @@ from authcar import __version__
 
 EVENT_LOGGER = "authcar"
 
+# Seconds between additions of the per-request counts to the Prometheus counters (see Metrics).
+FLUSH_INTERVAL = 1.0
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -315,25 +317,38 @@ class Metrics:
         )
         self.info.labels(version=__version__).set(1)
         # Label lookups take a lock and a dict hit; the hot path reuses the children.
-        self.request_children: dict[tuple[int, str], Any] = {}
-        self.token_children: dict[str, Any] = {}
+        # The two counters every request touches are counted in plain dicts and added to the
+        # Prometheus counters (a lock per increment) in batches: at every scrape, and every
+        # FLUSH_INTERVAL for the other workers' files in multiprocess mode.
+        self.pending_requests: dict[tuple[int, str], int] = {}
+        self.pending_tokens: dict[str, int] = {}
 
     def count_request(self, status: int, decision: str) -> None:
-        child = self.request_children.get((status, decision))
-        if child is None:
-            child = self.requests.labels(status=str(status), decision=decision)
-            self.request_children[(status, decision)] = child
-        child.inc()
+        pending = self.pending_requests
+        key = (status, decision)
+        pending[key] = pending.get(key, 0) + 1
 
     def count_token(self, result: str) -> None:
-        child = self.token_children.get(result)
-        if child is None:
-            child = self.token_validations.labels(result=result)
-            self.token_children[result] = child
-        child.inc()
+        pending = self.pending_tokens
+        pending[result] = pending.get(result, 0) + 1
+
+    def flush(self) -> None:
+        """Add the pending counts to the Prometheus counters."""
+        requests, self.pending_requests = self.pending_requests, {}
+        for (status, decision), count in requests.items():
+            self.requests.labels(status=str(status), decision=decision).inc(count)
+        tokens, self.pending_tokens = self.pending_tokens, {}
+        for result, count in tokens.items():
+            self.token_validations.labels(result=result).inc(count)
+
+    async def flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.flush()
 
     def exposition_registry(self) -> CollectorRegistry:
         """What /metrics renders: this process's registry, or all workers' files in multiprocess mode."""
+        self.flush()
         if not self.multiprocess:
             return self.registry
         registry = CollectorRegistry()

@@ -878,6 +878,7 @@ async def test_sidecar_keeps_serving_after_client_aborts_mid_upload(
             break
         await asyncio.sleep(0.02)
     # Counted as the client's doing (499), not as a failure of the application.
+    metrics.flush()
     assert metrics.requests.labels(status="499", decision="error")._value.get() == 1
     response = await client.get("/still-alive")
     assert response.status_code == 200

@@ -111,7 +111,7 @@ def test_claims_are_judged_as_pyjwt_judges_them(  # type: ignore[no-untyped-def]
 
 def test_a_non_canonical_signature_encoding_is_refused(validator: JWTValidator) -> None:
     token = jwt.encode(
-        {"iss": ISSUER, "exp": NOW + 60, "iat": NOW, "aud": "api", "sub": "a"},
+        {"iss": ISSUER, "exp": int(time.time()) + 60, "iat": int(time.time()), "aud": "api", "sub": "a"},
         KEY,
         algorithm="RS256",
         headers={"kid": "k1"},

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from authcar.observe import FLUSH_INTERVAL
 from tests.process import SidecarProcess, start_sidecar_process
 from tests.upstream_app import RunningUpstream
 
@@ -120,6 +121,8 @@ async def test_workers_share_the_ports_and_metrics_add_up(
         for index in range(requests):
             response = await client.get(f"/n/{index}", headers={"Connection": "close"})
             assert response.status_code == 200
+        # Each worker adds its batched counts to the shared files at least every FLUSH_INTERVAL.
+        await asyncio.sleep(FLUSH_INTERVAL + 0.3)
         metrics = ""
         for _ in range(3):  # any worker may answer /metrics: each reports the sum of all
             metrics = (await client.get(sidecar.admin_url + "/metrics")).text

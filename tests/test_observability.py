@@ -167,3 +167,17 @@ async def test_a_client_leaving_mid_upload_is_not_an_upstream_error(upstream: Ru
             await asyncio.sleep(0.05)
     assert metric(text, "authcar_requests_total", decision="error", status="499") == 1
     assert "authcar_upstream_errors_total{" not in text
+
+
+async def test_request_counts_reach_the_counters_without_a_scrape(
+    sidecar: RunningSidecar, client: httpx.AsyncClient
+) -> None:
+    """Per-request counts are batched; the periodic flush adds them even if nobody scrapes."""
+    for _ in range(3):
+        assert (await client.get("/counted")).status_code == 200
+    counter = sidecar.service.sidecar.metrics.requests.labels(status="200", decision="anonymous")
+    for _ in range(100):
+        if counter._value.get() >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert counter._value.get() == 3

@@ -317,5 +317,6 @@ async def test_client_leaving_during_the_upstream_handshake_is_not_an_error(
         metrics = sidecar.service.sidecar.metrics
         await eventually(lambda: metrics.in_flight._value.get() == 0)
         assert metrics.in_flight._value.get() == 0  # the upstream leg was closed, not left open
+        metrics.flush()
         assert metrics.requests.labels(status="499", decision="anonymous")._value.get() == 1
     assert [r for r in caplog.records if r.name.startswith("authcar")] == []

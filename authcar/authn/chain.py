@@ -43,6 +43,7 @@ class Authentication:
     ) -> None:
         self.metrics = metrics
         self.public = PublicPaths(parse_public_paths(settings.public_paths))
+        self.has_public_paths = bool(self.public)
         self.cors_preflight = settings.public_cors_preflight
         self.sources = TokenSources(cookie=settings.token_cookie, allow_query=settings.allow_query_token)
         self.issuers = [
@@ -80,7 +81,7 @@ class Authentication:
     async def authenticate(self, scope: Scope, path: str) -> Identity:
         """`path` is the normalised path, the one that will be forwarded. May rewrite the scope's
         query string (a query token is never forwarded)."""
-        if self.public and self.public.matches(scope.get("method", "GET"), path):
+        if self.has_public_paths and self.public.matches(scope.get("method", "GET"), path):
             return ANONYMOUS
         if self.cors_preflight and is_cors_preflight(scope):
             return ANONYMOUS

@@ -104,6 +104,7 @@ class CacheEntry:
     token: VerifiedToken
     keyset: KeySet
     version: int  # the key set's version when verified: a rotation re-checks the kid
+    deadline: float  # exp plus the issuer's leeway: unusable from then on
 
 
 def b64decode(part: str) -> bytes:
@@ -178,13 +179,19 @@ class JWTValidator:
         self.cache: OrderedDict[bytes, CacheEntry] = OrderedDict()
 
     async def validate(self, token: str) -> VerifiedToken:
+        cache_key, cached = self.lookup(token)
+        return cached if cached is not None else await self.verify_new(token, cache_key)
+
+    def lookup(self, token: str) -> tuple[bytes, VerifiedToken | None]:
+        """The cache key, and the cached verification if there is one: the synchronous fast path
+        that answers a repeated token without a coroutine (`verify_new` takes the key on a miss)."""
         if len(token) > self.max_token_bytes:
             raise TokenRejected("too_large", "the token is larger than allowed")
         cache_key = hashlib.sha256(token.encode("latin-1", "replace")).digest()
-        cached = self.cache_hit(cache_key)
-        if cached is not None:
-            return cached
+        return cache_key, self.cache_hit(cache_key)
 
+    async def verify_new(self, token: str, cache_key: bytes) -> VerifiedToken:
+        """Every check, for a token the cache does not know (see `lookup`)."""
         parts = token.split(".")
         if len(parts) == 5:
             raise TokenRejected("jwe_not_supported", "encrypted tokens (JWE) are not accepted")
@@ -258,7 +265,7 @@ class JWTValidator:
         if entry is None:
             return None
         token = entry.token
-        if self.clock() >= token.expires + self.issuers[token.issuer].policy.leeway:
+        if self.clock() >= entry.deadline:
             del self.cache[cache_key]
             return None
         if entry.version != entry.keyset.version:
@@ -270,6 +277,7 @@ class JWTValidator:
         return token
 
     def remember(self, cache_key: bytes, token: VerifiedToken, keyset: KeySet) -> None:
-        self.cache[cache_key] = CacheEntry(replace(token, cached=True), keyset, keyset.version)
+        deadline = token.expires + self.issuers[token.issuer].policy.leeway
+        self.cache[cache_key] = CacheEntry(replace(token, cached=True), keyset, keyset.version, deadline)
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)  # oldest first: bounded memory whatever the traffic

@@ -9,8 +9,7 @@ ours to judge: they count as no token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import unquote_plus
 
 from authcar.errors import BadRequest, quote
@@ -31,8 +30,7 @@ class InvalidTokenRequest(BadRequest):
         return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
 
 
-@dataclass(frozen=True, slots=True)
-class FoundToken:
+class FoundToken(NamedTuple):  # a tuple: one is built for every authenticated request
     token: str
     source: TokenSource
     # With a query token: the query string to forward, without the token (it must not reach logs).
