@@ -91,10 +91,11 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """One GET; returns (status, body) including for 4xx/5xx answers."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -132,3 +133,49 @@ def _log_tail(log: Path | None, lines: int = 20) -> str:
     if not tail:
         return ""
     return f"\n--- last lines of {log} ---\n" + "\n".join(tail)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU seconds of every live process in process group `pgid` (Linux /proc).
+
+    Children are spawned in their own session, so the group is the process and whatever it forked
+    (nginx workers, uvicorn workers). /proc/<pid>/stat counts all of a process's threads, exited ones
+    included; resolution is one clock tick (10 ms), negligible over a multi-second run. None when
+    /proc is unreadable or the group has no live process.
+    """
+    total = 0
+    found = False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+        if int(fields[2]) != pgid:
+            continue
+        found = True
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK if found else None
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of `pid` (sched_setaffinity(pid) alone moves one thread)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(tid, cpus)

@@ -1,19 +1,25 @@
 """Benchmark authcar against a direct baseline, nginx and a bare Python proxy.
 
-    python bench/run.py [--duration 10] [--connections 32] [--threads 1]
-                        [--only direct,nginx,...] [--json out.json]
+    python bench/run.py [--duration 10] [--connections 32] [--threads 1] [--repeat 1]
+                        [--only direct,nginx,...] [--json out.json] [--profile DIR]
 
 Every scenario loads the same fast local upstream with wrk, one scenario at a
-time, in a single run; see bench/README.md for how to read the numbers.
+time, in a single run; see bench/README.md for how to read the numbers. The
+authcar-jwt* scenarios also start the test identity provider (tests/idp).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,13 +34,47 @@ from typing import Any
 
 from fast_upstream import UPSTREAM_BODY
 from nginx_conf import nginx_argv, nginx_path, nginx_version, proxy_conf, upstream_conf
-from procs import BenchError, Children, free_port, http_get, wait_http_ok
+from procs import (
+    BenchError,
+    Children,
+    free_port,
+    group_cpu_seconds,
+    http_get,
+    pin_process,
+    wait_http_ok,
+)
 from wrk import WrkResult, require_wrk, run_wrk, wrk_version
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-PACKAGES = ("uvicorn", "aiohttp", "uvloop", "httptools")
+PACKAGES = ("uvicorn", "aiohttp", "uvloop", "httptools", "pyjwt", "cryptography")
 BUSY_WARN_PCT = 15.0
+FIRST_SEEN_SCRIPT = BENCH_DIR / "first_seen.lua"
+PROXY_CPU, LOAD_CPU = 1, 0  # --pin: the measured proxy alone on CPU 1, everything else on CPU 0
+TOKEN_LIFETIME_S = 6 * 3600  # outlives any run: the cached token must not expire mid-run
+AUDIENCE = "api"  # what tests/idp puts in `aud` by default
+TOKEN_METRIC = re.compile(rb'^authcar_token_validations_total\{result="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+@dataclass
+class TokenKit:
+    """The test identity provider of this run and the tokens it issued (one run-level set)."""
+
+    issuer: str
+    token: str  # the repeated token of authcar-jwt
+    public_key: Any
+    tokens_file: Path | None  # authcar-jwt-first-seen: distinct tokens, one per line
+    first_seen_count: int
+
+    @property
+    def auth_header(self) -> tuple[str, str]:
+        return "Authorization", f"Bearer {self.token}"
+
+    @property
+    def pad_header(self) -> tuple[str, str]:
+        """An `X-Pad` header line exactly as long as the Authorization line: equal request bytes."""
+        name, value = self.auth_header
+        return "X-Pad", "p" * (len(name) + len(value) - len("X-Pad"))
 
 
 @dataclass
@@ -45,37 +85,115 @@ class Context:
     tmp: Path
     nginx: str | None
     upstream_port: int
+    tokens: TokenKit | None = None
+    threads: int = 1
 
     @property
     def upstream_url(self) -> str:
         return f"http://127.0.0.1:{self.upstream_port}"
 
 
+@dataclass
+class Target:
+    """What a started scenario is: where to send load, what to send, and which process to watch."""
+
+    url: str
+    proc: subprocess.Popen[bytes] | None = None  # its process group's CPU time is measured
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (wrk -H) and the sanity check
+    wrk_options: tuple[str, ...] = ()  # extra wrk options (a Lua script)
+    script_args: tuple[str, ...] = ()
+    metrics_url: str | None = None  # authcar's admin /metrics: token validation counters
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
-    start: Callable[[Context], str]  # starts what it needs, returns the URL to load
+    start: Callable[[Context], Target]  # starts what it needs, returns what to load
     needs_nginx: bool = False
+    needs_tokens: bool = False  # the test identity provider and its tokens
+    python: bool = False  # the measured process is Python (py-spy can profile it)
+
+
+@dataclass
+class Measurement:
+    """One repetition of one scenario."""
+
+    wrk: WrkResult
+    cpu_s: float | None  # the measured process group's user+system CPU during the wrk run
+    token_results: dict[str, int] | None  # authcar_token_validations_total increments during the run
+    profile: str | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.cpu_s is None or self.wrk.requests <= 0:
+            return None
+        return self.cpu_s * 1e6 / self.wrk.requests
+
+    @property
+    def cache_hit_share(self) -> float | None:
+        if not self.token_results:
+            return None
+        total = sum(self.token_results.values())
+        return self.token_results.get("valid_cached", 0) / total if total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.wrk.to_dict(),
+            "cpu_s": self.cpu_s,
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "token_validations": self.token_results,
+            "profile": self.profile,
+        }
 
 
 @dataclass
 class Row:
     scenario: str
     description: str
-    result: WrkResult | None = None
-    error: str | None = None
+    runs: list[Measurement] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        return self.errors[0] if self.errors else None
+
+    @property
+    def result(self) -> WrkResult | None:
+        """Medians over the repetitions (counts summed); None when nothing was measured."""
+        if not self.runs:
+            return None
+        wrks = [m.wrk for m in self.runs]
+        return WrkResult(
+            requests_per_s=statistics.median(w.requests_per_s for w in wrks),
+            p50_ms=statistics.median(w.p50_ms for w in wrks),
+            p99_ms=statistics.median(w.p99_ms for w in wrks),
+            requests=sum(w.requests for w in wrks),
+            non_2xx=sum(w.non_2xx for w in wrks),
+            socket_errors=sum(w.socket_errors for w in wrks),
+        )
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        values = [v for m in self.runs if (v := m.cpu_us_per_request) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def cache_hit_share(self) -> float | None:
+        hits = sum(m.token_results.get("valid_cached", 0) for m in self.runs if m.token_results)
+        total = sum(sum(m.token_results.values()) for m in self.runs if m.token_results)
+        return hits / total if total else None
 
 
 # --- scenarios ---------------------------------------------------------------
 
 
-def start_direct(ctx: Context) -> str:
-    return ctx.upstream_url + "/"
+def start_direct(ctx: Context) -> Target:
+    return Target(ctx.upstream_url + "/")
 
 
-def start_nginx_proxy(ctx: Context) -> str:
+def start_nginx_proxy(ctx: Context) -> Target:
     assert ctx.nginx is not None
     port = free_port()
     prefix = ctx.tmp / "nginx-proxy"
@@ -84,10 +202,10 @@ def start_nginx_proxy(ctx: Context) -> str:
     proc = ctx.children.spawn(argv, log=log)
     url = f"http://127.0.0.1:{port}/"
     wait_http_ok(url, proc, timeout=10, what="nginx proxy", log=prefix / "error.log")
-    return url
+    return Target(url, proc)
 
 
-def start_bare_python(ctx: Context) -> str:
+def start_bare_python(ctx: Context) -> Target:
     port = free_port()
     log = ctx.tmp / "bare-python.log"
     argv = [
@@ -101,10 +219,12 @@ def start_bare_python(ctx: Context) -> str:
     proc = ctx.children.spawn(argv, log=log)
     url = f"http://127.0.0.1:{port}/"
     wait_http_ok(url, proc, timeout=20, what="bare-python proxy", log=log)
-    return url
+    return Target(url, proc)
 
 
-def authcar_env(port: int, admin_port: int, upstream_url: str, *, logged: bool) -> dict[str, str]:
+def authcar_env(
+    port: int, admin_port: int, upstream_url: str, *, logged: bool, issuer: str | None = None
+) -> dict[str, str]:
     # Drop inherited AUTHCAR_* so a developer's shell config cannot skew the run.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHCAR_")}
     env.update(
@@ -119,6 +239,13 @@ def authcar_env(port: int, admin_port: int, upstream_url: str, *, logged: bool) 
         # The per-request JSON line is its own switch; events follow the log level.
         AUTHCAR_ACCESS_LOG="true" if logged else "false",
     )
+    if issuer is not None:
+        # Bearer tokens required: keys from the issuer's discovery document, `aud` as minted.
+        env.update(
+            AUTHCAR_ALLOW_ANONYMOUS="false",
+            AUTHCAR_OIDC_ISSUER_URL=issuer,
+            AUTHCAR_OIDC_AUDIENCE=AUDIENCE,
+        )
     return env
 
 
@@ -134,32 +261,168 @@ def check_authcar_importable() -> None:
         raise BenchError(f"`python -m authcar` cannot run from {REPO_DIR}: {last}")
 
 
-def start_authcar(ctx: Context, *, logged: bool) -> str:
+def start_authcar(ctx: Context, *, logged: bool = False, mode: str = "anonymous") -> Target:
+    """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen."""
     check_authcar_importable()
     port, admin_port = free_port(), free_port()
-    env = authcar_env(port, admin_port, ctx.upstream_url, logged=logged)
+    kit = ctx.tokens
+    issuer = None
+    if mode != "anonymous":
+        assert kit is not None, "token scenarios need the run's TokenKit"
+        issuer = kit.issuer if mode in ("jwt", "first-seen") else None
+    env = authcar_env(port, admin_port, ctx.upstream_url, logged=logged, issuer=issuer)
     # Logged: the per-request JSON access log is written (cost measured) but discarded.
-    log = None if logged else ctx.tmp / "authcar.log"
+    log = None if logged else ctx.tmp / f"authcar-{mode}.log"
     proc = ctx.children.spawn([sys.executable, "-m", "authcar", "run"], env=env, cwd=REPO_DIR, log=log)
-    wait_http_ok(f"http://127.0.0.1:{admin_port}/healthz", proc, timeout=30, what="authcar", log=log)
-    return f"http://127.0.0.1:{port}/"
+    admin = f"http://127.0.0.1:{admin_port}"
+    # With an issuer, /readyz also waits for the signing keys: the first token must not hit a 401.
+    ready = "/readyz" if issuer else "/healthz"
+    wait_http_ok(admin + ready, proc, timeout=30, what="authcar", log=log)
+    target = Target(f"http://127.0.0.1:{port}/", proc, metrics_url=admin + "/metrics")
+    if mode == "pad":
+        assert kit is not None
+        target.headers = (kit.pad_header,)
+    elif mode == "jwt":
+        assert kit is not None
+        target.headers = (kit.auth_header,)
+    elif mode == "first-seen":
+        assert kit is not None
+        assert kit.tokens_file is not None
+        # The sanity request carries the repeated token (never in the file); wrk cycles the file.
+        target.headers = (kit.auth_header,)
+        target.wrk_options = ("-s", str(FIRST_SEEN_SCRIPT))
+        # The state file carries each wrk thread's position from the warm-up to the measured run.
+        state = ctx.tmp / f"first-seen-state-{port}.txt"
+        target.script_args = (str(kit.tokens_file), str(ctx.threads), str(state))
+    return target
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("direct", "wrk -> upstream (baseline)", start_direct),
-    Scenario("nginx", "wrk -> nginx proxy_pass, keepalive pool -> upstream", start_nginx_proxy, True),
-    Scenario("bare-python", "wrk -> bare uvicorn+aiohttp pass-through -> upstream", start_bare_python),
+    Scenario(
+        "nginx", "wrk -> nginx proxy_pass, keepalive pool -> upstream", start_nginx_proxy, needs_nginx=True
+    ),
+    Scenario(
+        "bare-python",
+        "wrk -> bare uvicorn+aiohttp pass-through -> upstream",
+        start_bare_python,
+        python=True,
+    ),
     Scenario(
         "authcar",
         "wrk -> authcar (anonymous, log warning) -> upstream",
-        lambda c: start_authcar(c, logged=False),
+        lambda c: start_authcar(c),
+        python=True,
     ),
     Scenario(
         "authcar-logged",
         "wrk -> authcar (anonymous, JSON access log at info to /dev/null) -> upstream",
         lambda c: start_authcar(c, logged=True),
+        python=True,
+    ),
+    Scenario(
+        "authcar-pad",
+        "wrk + X-Pad header as long as the bearer header -> authcar (anonymous) -> upstream",
+        lambda c: start_authcar(c, mode="pad"),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-jwt",
+        "wrk + one repeated RS256 bearer token -> authcar (tokens required) -> upstream",
+        lambda c: start_authcar(c, mode="jwt"),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-jwt-first-seen",
+        "wrk + a different RS256 token per request (Lua) -> authcar (tokens required) -> upstream",
+        lambda c: start_authcar(c, mode="first-seen"),
+        needs_tokens=True,
+        python=True,
     ),
 )
+AUTH_BASELINES = ("authcar-pad", "authcar")  # the anonymous row authcar-jwt is compared with
+
+
+# --- tokens ------------------------------------------------------------------
+
+
+def start_token_kit(
+    children: Children, tmp: Path, *, first_seen: int, idp_port: int | None = None
+) -> TokenKit:
+    """Start tests/idp, mint the repeated token, and sign `first_seen` distinct ones (0 = none).
+
+    The distinct tokens are signed here with the provider's own key (fetched through its admin API),
+    same header and claims as the minted token but a fresh `jti` each: minting them over HTTP one by
+    one would take minutes.
+    """
+    if str(REPO_DIR) not in sys.path:
+        sys.path.insert(0, str(REPO_DIR))
+    try:
+        import jwt
+        from tokens import sign_many
+
+        from tests.idp.client import IdPClient
+    except ImportError as exc:
+        raise BenchError(
+            f"token scenarios need the project's dev dependencies (run with .venv/bin/python): {exc}"
+        ) from exc
+    port = idp_port or free_port()
+    log_path = tmp / "idp.log"
+    proc = children.spawn(
+        [sys.executable, "-m", "tests.idp", "--port", str(port)], cwd=REPO_DIR, log=log_path
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http_ok(
+        base + "/realms/test/.well-known/openid-configuration",
+        proc,
+        timeout=30,
+        what="test identity provider",
+        log=log_path,
+    )
+    with IdPClient(base) as idp:
+        token = idp.mint(expires_in=TOKEN_LIFETIME_S)
+        header = jwt.get_unverified_header(token)
+        kid = header["kid"]
+        private = idp.private_key(kid)
+        issuer = idp.issuer
+    claims = jwt.decode(token, options={"verify_signature": False})
+    tokens_file = None
+    if first_seen > 0:
+        started = time.monotonic()
+        log(f"signing {first_seen} distinct RS256 tokens for authcar-jwt-first-seen ...")
+        tokens = sign_many(private, kid, claims, first_seen, alg=header["alg"])
+        tokens_file = tmp / "first-seen-tokens.txt"
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        log(f"signed in {time.monotonic() - started:.0f}s ({len(tokens[0])} bytes each)")
+    return TokenKit(
+        issuer=issuer,
+        token=token,
+        public_key=private.public_key(),  # type: ignore[union-attr]
+        tokens_file=tokens_file,
+        first_seen_count=first_seen,
+    )
+
+
+def token_counts(metrics_url: str | None) -> dict[str, int] | None:
+    """authcar_token_validations_total by result, from the sidecar's /metrics (None if unavailable)."""
+    if metrics_url is None:
+        return None
+    try:
+        status, body = http_get(metrics_url, timeout=5)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    return {m.group(1).decode(): int(float(m.group(2))) for m in TOKEN_METRIC.finditer(body)}
+
+
+def count_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    delta = {k: v - before.get(k, 0) for k, v in after.items()}
+    return {k: v for k, v in delta.items() if v} or None
 
 
 # --- upstream ----------------------------------------------------------------
@@ -188,10 +451,11 @@ def start_upstream(children: Children, tmp: Path, nginx: str | None, kind: str) 
 # --- measuring ---------------------------------------------------------------
 
 
-def check_response(url: str) -> None:
+def check_response(target: Target) -> None:
     """One request before loading: a 401 or wrong body would make the numbers meaningless."""
+    url = target.url
     try:
-        status, body = http_get(url, timeout=5)
+        status, body = http_get(url, timeout=5, headers=dict(target.headers))
     except OSError as exc:
         raise BenchError(f"sanity request to {url} failed: {exc}") from exc
     if status != 200 or body != UPSTREAM_BODY:
@@ -200,44 +464,241 @@ def check_response(url: str) -> None:
         )
 
 
-def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace) -> WrkResult:
-    url = scenario.start(ctx)
-    check_response(url)
-    log(f"{scenario.name}: warm-up {args.warmup}s, then {args.duration}s on {url}")
-    load = {"connections": args.connections, "threads": args.threads}
+def start_profiler(ctx: Context, target: Target, path: Path, duration: int) -> subprocess.Popen[bytes] | None:
+    """py-spy record on the measured process for the measured run, as collapsed stacks.
+
+    Blocking mode (py-spy pauses the process for each sample): --nonblocking reads torn coroutine
+    stacks under this load (about one sample in eight unusable), which ruins inclusive shares.
+    """
+    if target.proc is None:
+        return None
+    argv = [
+        "py-spy", "record", "--pid", str(target.proc.pid), "--duration", str(duration),
+        "--rate", "250", "--format", "raw", "--output", str(path),
+    ]  # fmt: skip
+    return ctx.children.spawn(argv, log=path.with_suffix(".log"))
+
+
+def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int) -> Measurement:
+    target = scenario.start(ctx)
+    if args.pin and target.proc is not None:
+        # Everything else (wrk, upstream, this harness) inherited the other CPU from run().
+        pin_process(target.proc.pid, {PROXY_CPU})
+    check_response(target)
+    log(f"{scenario.name}: warm-up {args.warmup}s, then {args.duration}s on {target.url} (run {rep})")
+    load: dict[str, Any] = {
+        "connections": args.connections,
+        "threads": args.threads,
+        "options": [*(o for h in target.headers for o in ("-H", f"{h[0]}: {h[1]}")), *target.wrk_options],
+        "script_args": target.script_args,
+    }
     if args.warmup > 0:
-        run_wrk(ctx.children, url, duration=args.warmup, **load)
-    return run_wrk(ctx.children, url, duration=args.duration, **load)
+        run_wrk(ctx.children, target.url, duration=args.warmup, **load)
+    pgid = target.proc.pid if target.proc is not None else None
+    tokens_before = token_counts(target.metrics_url)
+    profiler = profile_path = None
+    if args.profile and scenario.python:
+        profile_path = args.profile / f"{scenario.name}-run{rep}.txt"
+        profiler = start_profiler(ctx, target, profile_path, args.duration)
+    cpu_before = group_cpu_seconds(pgid) if pgid is not None else None
+    result = run_wrk(ctx.children, target.url, duration=args.duration, **load)
+    cpu_after = group_cpu_seconds(pgid) if pgid is not None else None
+    tokens_after = token_counts(target.metrics_url)
+    if profiler is not None:
+        try:
+            profiler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log(f"{scenario.name}: py-spy did not finish; profile may be incomplete")
+    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    return Measurement(
+        result,
+        cpu,
+        count_delta(tokens_before, tokens_after),
+        str(profile_path) if profile_path and profile_path.exists() else None,
+    )
 
 
 def run_scenario(
-    scenario: Scenario, tmp: Path, nginx: str | None, upstream_port: int, args: argparse.Namespace
-) -> Row:
-    row = Row(scenario.name, scenario.description)
+    scenario: Scenario,
+    tmp: Path,
+    nginx: str | None,
+    upstream_port: int,
+    tokens: TokenKit | None,
+    args: argparse.Namespace,
+    row: Row,
+    rep: int,
+) -> None:
     if scenario.needs_nginx and nginx is None:
-        row.error = "skipped: nginx not installed (apt-get install -y nginx)"
-        return row
+        if not row.errors:
+            row.errors.append("skipped: nginx not installed (apt-get install -y nginx)")
+        return
+    if scenario.needs_tokens and tokens is None:
+        if not row.errors:
+            row.errors.append("skipped: the test identity provider could not be started")
+        return
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet, scenario.name)
     children = Children()
     try:
-        row.result = measure(scenario, Context(children, tmp, nginx, upstream_port), args)
+        ctx = Context(children, tmp, nginx, upstream_port, tokens, args.threads)
+        row.runs.append(measure(scenario, ctx, args, rep))
     except (BenchError, OSError) as exc:
-        row.error = str(exc)
+        row.errors.append(str(exc))
         log(f"{scenario.name}: FAILED: {exc}")
     finally:
         children.stop_all()  # before the next scenario, so it gets the CPU alone
-    return row
+
+
+def wait_quiet(limit_s: float, name: str) -> None:
+    """Wait until other load on the machine drops under BUSY_WARN_PCT (at most limit_s seconds)."""
+    started = time.monotonic()
+    busy = cpu_busy_pct()
+    while busy is not None and busy > BUSY_WARN_PCT:
+        if time.monotonic() - started > limit_s:
+            log(f"{name}: machine still {busy:.0f}% busy after {limit_s:.0f}s of waiting; measuring anyway")
+            return
+        log(f"{name}: machine {busy:.0f}% busy, waiting for it to calm down")
+        time.sleep(4)
+        busy = cpu_busy_pct()
 
 
 def add_ratios(rows: list[Row]) -> None:
     refs = {
-        r.scenario: r.result.requests_per_s for r in rows if r.result and r.scenario in ("direct", "nginx")
+        r.scenario: res.requests_per_s
+        for r in rows
+        if (res := r.result) is not None and r.scenario in ("direct", "nginx")
     }
     for row in rows:
-        if row.result is None:
+        res = row.result
+        if res is None:
             continue
         for ref_name, ref_rps in refs.items():
             if ref_rps > 0:
-                row.ratios[ref_name] = row.result.requests_per_s / ref_rps
+                row.ratios[ref_name] = res.requests_per_s / ref_rps
+
+
+def paired(a: Row, b: Row, value: Callable[[Measurement], float | None]) -> list[float]:
+    """value(a) / value(b) per repetition measured for both (same repetition = closest in time)."""
+    out = []
+    for ma, mb in zip(a.runs, b.runs, strict=False):
+        va, vb = value(ma), value(mb)
+        if va is not None and vb is not None and vb > 0:
+            out.append(va / vb)
+    return out
+
+
+def cpu_values(row: Row) -> list[float]:
+    return [v for m in row.runs if (v := m.cpu_us_per_request) is not None]
+
+
+def auth_summary(rows: list[Row], kit: TokenKit | None, costs: dict[str, float] | None) -> dict[str, Any]:
+    """What authentication costs: authcar-jwt against the anonymous row, first-seen against repeated."""
+    by_name = {r.scenario: r for r in rows if r.runs}
+    summary: dict[str, Any] = {}
+    if costs:
+        summary["token_costs_us"] = costs
+    if kit is not None:
+        summary["token_bytes"] = len(kit.token)
+        summary["first_seen_tokens"] = kit.first_seen_count
+    jwt_row = by_name.get("authcar-jwt")
+    base = next((by_name[n] for n in AUTH_BASELINES if n in by_name), None)
+    rps = lambda m: m.wrk.requests_per_s  # noqa: E731
+    cpu = lambda m: m.cpu_us_per_request  # noqa: E731
+    if jwt_row is not None and base is not None:
+        rps_ratios = paired(jwt_row, base, rps)
+        cpu_ratios = paired(jwt_row, base, cpu)
+        summary["jwt_vs_anonymous"] = {
+            "baseline": base.scenario,
+            "rps_ratio_median": statistics.median(rps_ratios) if rps_ratios else None,
+            "rps_ratios": rps_ratios,
+            "cpu_ratio_median": statistics.median(cpu_ratios) if cpu_ratios else None,
+            "cpu_ratios": cpu_ratios,
+            "cpu_us_per_request": {
+                base.scenario: base.cpu_us_per_request,
+                "authcar-jwt": jwt_row.cpu_us_per_request,
+            },
+            "cache_hit_share": jwt_row.cache_hit_share,
+        }
+        best = [min(v) for v in (cpu_values(jwt_row), cpu_values(base)) if v]
+        if len(best) == 2:
+            # Other load on the box only ever adds CPU per request: the lowest run is the least disturbed.
+            summary["jwt_vs_anonymous"]["cpu_us_per_request_best"] = {
+                base.scenario: best[1],
+                "authcar-jwt": best[0],
+            }
+            summary["jwt_vs_anonymous"]["cpu_ratio_best"] = best[0] / best[1]
+    first = by_name.get("authcar-jwt-first-seen")
+    if first is not None and jwt_row is not None:
+        extra = [
+            a - b
+            for ma, mb in zip(first.runs, jwt_row.runs, strict=False)
+            if (a := ma.cpu_us_per_request) is not None and (b := mb.cpu_us_per_request) is not None
+        ]
+        entry: dict[str, Any] = {
+            "cpu_us_per_request": first.cpu_us_per_request,
+            "extra_cpu_us_per_request": extra,
+            "extra_cpu_us_median": statistics.median(extra) if extra else None,
+            "rps_ratio_vs_jwt": statistics.median(r) if (r := paired(first, jwt_row, rps)) else None,
+            "cache_hit_share": first.cache_hit_share,
+        }
+        if costs and entry["extra_cpu_us_median"] is not None:
+            entry["jwt_decodes"] = entry["extra_cpu_us_median"] / costs["jwt_decode_us"]
+            entry["rsa_verifies"] = entry["extra_cpu_us_median"] / costs["rsa_verify_us"]
+        summary["first_seen_vs_repeated"] = entry
+    return summary
+
+
+def format_auth_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    costs = summary.get("token_costs_us")
+    jv = summary.get("jwt_vs_anonymous")
+    if jv:
+        base = jv["baseline"]
+        cpus = jv["cpu_us_per_request"]
+        line = f"authcar-jwt / {base}:"
+        if jv["rps_ratio_median"] is not None:
+            line += f" req/s {jv['rps_ratio_median']:.3f}x ({_list(jv['rps_ratios'])})"
+        if jv["cpu_ratio_median"] is not None:
+            line += (
+                f"; sidecar CPU/request {jv['cpu_ratio_median']:.3f}x ({_list(jv['cpu_ratios'])}),"
+                f" {cpus[base]:.1f} -> {cpus['authcar-jwt']:.1f} µs"
+            )
+        lines.append(line)
+        if "cpu_ratio_best" in jv:
+            best = jv["cpu_us_per_request_best"]
+            lines.append(
+                f"  best run of each: CPU/request {jv['cpu_ratio_best']:.3f}x,"
+                f" {best[base]:.1f} -> {best['authcar-jwt']:.1f} µs"
+            )
+        if jv["cache_hit_share"] is not None:
+            lines.append(f"  authcar-jwt answered from the token cache: {jv['cache_hit_share']:.2%}")
+    fs = summary.get("first_seen_vs_repeated")
+    if fs:
+        line = "authcar-jwt-first-seen vs authcar-jwt:"
+        if fs["extra_cpu_us_median"] is not None:
+            runs = _list(fs["extra_cpu_us_per_request"], ".0f")
+            line += f" +{fs['extra_cpu_us_median']:.0f} µs CPU/request ({runs})"
+        if "jwt_decodes" in fs:
+            line += f" = {fs['jwt_decodes']:.2f} jwt.decode = {fs['rsa_verifies']:.2f} RSA verify"
+        if fs["rps_ratio_vs_jwt"] is not None:
+            line += f"; req/s {fs['rps_ratio_vs_jwt']:.2f}x"
+        lines.append(line)
+        if fs["cache_hit_share"] is not None:
+            lines.append(
+                f"  first-seen requests answered from the token cache: {fs['cache_hit_share']:.2%} (want ~0)"
+            )
+    if costs:
+        lines.append(
+            f"in this process, one RS256 check of the {summary.get('token_bytes', '?')}-byte token:"
+            f" jwt.decode with claim checks {costs['jwt_decode_us']:.1f} µs,"
+            f" signature only {costs['jwt_decode_signature_only_us']:.1f} µs,"
+            f" bare RSA verify {costs['rsa_verify_us']:.1f} µs"
+        )
+    return "\n".join(lines)
+
+
+def _list(values: list[float], fmt: str = ".3f") -> str:
+    return " ".join(format(v, fmt) for v in values)
 
 
 # --- output ------------------------------------------------------------------
@@ -247,36 +708,57 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def format_table(rows: list[Row]) -> str:
-    header = ("scenario", "req/s", "p50 ms", "p99 ms", "vs direct", "vs nginx", "notes")
+def format_table(rows: list[Row], repeat: int = 1) -> str:
+    header = (
+        "scenario",
+        "req/s",
+        "range",
+        "p50 ms",
+        "p99 ms",
+        "CPU µs/req",
+        "vs direct",
+        "vs nginx",
+        "notes",
+    )
+    left = {0, len(header) - 1}
     lines = [header]
     for row in rows:
-        if row.result is None:
-            lines.append((row.scenario, "-", "-", "-", "-", "-", (row.error or "").splitlines()[0]))
-            continue
         res = row.result
+        if res is None:
+            lines.append((row.scenario, *["-"] * (len(header) - 2), (row.error or "").splitlines()[0]))
+            continue
         notes = []
         if res.non_2xx:
             notes.append(f"{res.non_2xx} non-2xx!")
         if res.socket_errors:
             notes.append(f"{res.socket_errors} socket errors")
+        if row.errors:
+            notes.append(f"{len(row.errors)} of {len(row.errors) + len(row.runs)} runs failed")
+        if (share := row.cache_hit_share) is not None:
+            notes.append(f"token cache hits {share:.1%}")
+        all_rps = [m.wrk.requests_per_s for m in row.runs]
+        cpu = row.cpu_us_per_request
         lines.append(
             (
                 row.scenario,
                 f"{res.requests_per_s:,.0f}",
+                f"{min(all_rps):,.0f}-{max(all_rps):,.0f}" if len(all_rps) > 1 else "-",
                 f"{res.p50_ms:.2f}",
                 f"{res.p99_ms:.2f}",
+                f"{cpu:.1f}" if cpu is not None else "-",
                 _ratio(row, "direct"),
                 _ratio(row, "nginx"),
                 ", ".join(notes),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    if repeat == 1:  # no range column for a single run
+        lines = [line[:2] + line[3:] for line in lines]
+        left = {0, len(lines[0]) - 1}
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for i, line in enumerate(lines):
         cells = [
-            c.ljust(w) if j in (0, 6) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(line, widths, strict=True))
+            c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True))
         ]
         out.append("  ".join(cells).rstrip())
         if i == 0:
@@ -301,7 +783,22 @@ def machine_info(nginx: str | None) -> dict[str, Any]:
         "nginx": nginx_version(nginx) if nginx else None,
         "wrk": wrk_version(),
         "authcar_commit": _git_head(),
+        "authcar_tree_sha256": source_fingerprint(),
     }
+
+
+def source_fingerprint() -> str:
+    """SHA-256 over authcar/**/*.py (paths and contents): which code ran, commit or not.
+
+    Compared at the end of the run: an edit in between means the repetitions did not all measure
+    the same code.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((REPO_DIR / "authcar").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_DIR)).encode() + b"\0")
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cpu_busy_pct(interval: float = 1.0) -> float | None:
@@ -340,15 +837,40 @@ def _pkg_version(name: str) -> str | None:
 
 
 def _git_head() -> str | None:
-    # Read-only: records which commit produced the numbers.
-    res = subprocess.run(
-        ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    )
-    return res.stdout.strip() if res.returncode == 0 else None
+    """The checked-out commit, read from .git without running git (records what produced the numbers)."""
+    git = REPO_DIR / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = (REPO_DIR / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        for base in (git, _common_dir(git)):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip()
+            packed = base / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split(" ", 1)[0]
+    except OSError:
+        pass
+    return None
+
+
+def _common_dir(git: Path) -> Path:
+    common = git / "commondir"
+    return (git / common.read_text().strip()).resolve() if common.is_file() else git
 
 
 def write_json(
-    path: Path, rows: list[Row], args: argparse.Namespace, upstream: str, machine: dict[str, Any]
+    path: Path,
+    rows: list[Row],
+    args: argparse.Namespace,
+    upstream: str,
+    machine: dict[str, Any],
+    auth: dict[str, Any] | None = None,
 ) -> None:
     data = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -358,21 +880,30 @@ def write_json(
             "warmup_s": args.warmup,
             "connections": args.connections,
             "threads": args.threads,
+            "repeat": args.repeat,
             "upstream": upstream,
             "upstream_body_bytes": len(UPSTREAM_BODY),
+            "first_seen_tokens": args.first_seen_tokens,
+            "profiled": bool(args.profile),
+            "wait_quiet_s": args.wait_quiet,
+            "pinned": args.pin,
         },
         "machine": machine,
         "results": [
             {
                 "scenario": r.scenario,
                 "description": r.description,
-                **(r.result.to_dict() if r.result else {}),
+                **(res.to_dict() if (res := r.result) else {}),
+                "cpu_us_per_request": r.cpu_us_per_request,
                 "ratio_vs_direct": r.ratios.get("direct"),
                 "ratio_vs_nginx": r.ratios.get("nginx"),
                 "error": r.error,
+                "runs": [m.to_dict() for m in r.runs],
+                "errors": r.errors,
             }
             for r in rows
         ],
+        "auth": auth or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -394,6 +925,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the selected scenarios N times, round-robin (default 1)"
+    )
     parser.add_argument("--only", default=",".join(names), help=f"comma list of: {','.join(names)}")
     parser.add_argument("--json", type=Path, help="also write results and machine info here")
     parser.add_argument(
@@ -402,6 +936,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="upstream server: nginx when installed (auto), or bench/fast_upstream.py",
     )
+    parser.add_argument(
+        "--first-seen-tokens",
+        type=int,
+        default=20000,
+        help="distinct tokens cycled by authcar-jwt-first-seen; must exceed authcar's token cache "
+        "(10,000) or some are answered from it (default 20000)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each scenario, wait up to SECONDS for other CPU load to drop under "
+        f"{BUSY_WARN_PCT:.0f}%% (for shared machines; default 0 = do not wait)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"pin the measured proxy to CPU {PROXY_CPU}, wrk, the upstream and the rest to CPU "
+        f"{LOAD_CPU} (steadier CPU µs/request; req/s then pits a one-core proxy against one-core load)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record every Python scenario's measured run into DIR (collapsed stacks; "
+        "summarise with bench/profile_summary.py). py-spy takes CPU too: do not publish these figures",
+    )
     args = parser.parse_args(argv)
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(args.only) - set(names))
@@ -409,8 +971,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     if args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.threads < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --connections and --threads >= 1")
+    if args.repeat < 1 or args.first_seen_tokens < 1:
+        parser.error("--repeat and --first-seen-tokens must be >= 1")
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections (wrk requirement)")
+    if args.pin and not {PROXY_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
+        parser.error(f"--pin needs CPUs {LOAD_CPU} and {PROXY_CPU}")
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
     return args
 
 
@@ -423,28 +991,61 @@ def run(args: argparse.Namespace) -> int:
     if busy is not None and busy > BUSY_WARN_PCT:
         # Other load (a test suite, another benchmark) skews every ratio.
         log(f"WARNING: CPU already {busy:.0f}% busy before starting; numbers will be noisy")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.pin:
+        # Inherited by every child: wrk, the upstream and the identity provider share CPU 0.
+        os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="authcar-bench-"))
-    upstream_children = Children()
+    run_children = Children()  # upstream and identity provider: live for the whole run
+    rows = [Row(s.name, s.description) for s in selected]
+    kit: TokenKit | None = None
+    costs: dict[str, float] | None = None
     try:
-        upstream_port, upstream_desc = start_upstream(upstream_children, tmp, nginx, args.upstream)
+        upstream_port, upstream_desc = start_upstream(run_children, tmp, nginx, args.upstream)
         log(f"upstream: {upstream_desc} on 127.0.0.1:{upstream_port}; temp dir {tmp}")
-        rows = [run_scenario(s, tmp, nginx, upstream_port, args) for s in selected]
+        if any(s.needs_tokens for s in selected):
+            first_seen = args.first_seen_tokens if "authcar-jwt-first-seen" in args.only else 0
+            try:
+                kit = start_token_kit(run_children, tmp, first_seen=first_seen)
+                log(f"identity provider: {kit.issuer}; token {len(kit.token)} bytes")
+            except (BenchError, OSError) as exc:
+                log(f"token scenarios skipped: {exc}")
+        for rep in range(1, args.repeat + 1):
+            for scenario, row in zip(selected, rows, strict=True):
+                run_scenario(scenario, tmp, nginx, upstream_port, kit, args, row, rep)
+        if kit is not None:
+            from tokens import decode_cost_us  # needs pyjwt: only with the token scenarios
+
+            # Measured with every scenario stopped: one signature check on a quiet machine.
+            costs = decode_cost_us(kit.token, kit.public_key, issuer=kit.issuer, audience=AUDIENCE)
     finally:
-        upstream_children.stop_all()
+        run_children.stop_all()
         rmtree(tmp, ignore_errors=True)
     add_ratios(rows)
+    auth = auth_summary(rows, kit, costs)
+    changed = source_fingerprint() != machine["authcar_tree_sha256"]
+    machine["authcar_tree_changed_during_run"] = changed
     print(
         f"\nupstream: {upstream_desc}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
         f"(warm-up {args.warmup}s); nproc={machine['nproc']}"
+        + (f"; medians of {args.repeat} runs" if args.repeat > 1 else "")
     )
-    print(format_table(rows))
+    print(format_table(rows, args.repeat))
+    text = format_auth_summary(auth)
+    if text:
+        print("\n" + text)
+    if args.profile:
+        print(f"\npy-spy profiles in {args.profile} (figures above include py-spy's own load)")
     if busy is not None and busy > BUSY_WARN_PCT:
         print(f"WARNING: CPU was {busy:.0f}% busy before the run: rerun on a quiet machine")
+    if changed:
+        print("WARNING: authcar/*.py changed during the run: the repetitions measured different code")
     if args.json:
-        write_json(args.json, rows, args, upstream_desc, machine)
+        write_json(args.json, rows, args, upstream_desc, machine, auth)
         log(f"wrote {args.json}")
-    failed = any(r.result is None and not (r.error or "").startswith("skipped") for r in rows)
-    non_2xx = any(r.result is not None and r.result.non_2xx for r in rows)
+    failed = any(r.errors and not r.errors[0].startswith("skipped") for r in rows)
+    non_2xx = any(m.wrk.non_2xx for r in rows for m in r.runs)
     return 1 if failed or non_2xx else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,28 +45,45 @@ def wrk_version() -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
-def run_wrk(children: Children, url: str, *, duration: int, connections: int, threads: int) -> WrkResult:
+def run_wrk(
+    children: Children,
+    url: str,
+    *,
+    duration: int,
+    connections: int,
+    threads: int,
+    options: Sequence[str] = (),
+    script_args: Sequence[str] = (),
+) -> WrkResult:
+    """`options` go before the URL (`-H ...`, `-s script.lua`), `script_args` after it (to the script)."""
     argv = [
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",  # wrk accepts whole seconds only
         "--latency",
+        *options,
         url,
+        *(["--", *script_args] if script_args else []),
     ]
     proc = children.spawn(argv, capture=True)
     try:
         # wrk stops by itself after -d; the margin only guards against a hang.
         out, err = proc.communicate(timeout=duration + 30)
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"wrk did not finish: {' '.join(argv)}") from exc
+        raise BenchError(f"wrk did not finish: {shown(argv)}") from exc
     finally:
         children.stop(proc)
     text = out.decode(errors="replace")
     if proc.returncode != 0:
         detail = (err.decode(errors="replace") or text).strip()
-        raise BenchError(f"wrk failed ({proc.returncode}): {' '.join(argv)}: {detail}")
+        raise BenchError(f"wrk failed ({proc.returncode}): {shown(argv)}: {detail}")
     return parse_wrk(text)
+
+
+def shown(argv: Sequence[str], limit: int = 80) -> str:
+    """The command line for an error message, long arguments (a bearer token header) shortened."""
+    return " ".join(a if len(a) <= limit else a[: limit - 3] + "..." for a in argv)
 
 
 def parse_wrk(text: str) -> WrkResult:
