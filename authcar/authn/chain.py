@@ -91,7 +91,7 @@ class Authentication:
                 raise Unauthorized(
                     "bearer tokens are not accepted here", code="no_issuer", token_error=INVALID_TOKEN
                 )
-            identity = await self.bearer.verify(found.token)
+            identity = self.bearer.cached(found.token) or await self.bearer.verify(found.token)
             if found.forward_query is not None:
                 scope["query_string"] = found.forward_query
             return identity
