@@ -50,10 +50,9 @@ class Unauthorized(GatewayError):
         self.token_error = token_error
 
     def extra_headers(self) -> Headers:
-        challenge = 'Bearer realm="authcar"'
         if self.token_error:
-            challenge += f', error="{self.token_error}", error_description="{quote(self.description)}"'
-        return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
+            return bearer_challenge(self.token_error, self.description)
+        return bearer_challenge()
 
 
 class Forbidden(GatewayError):
@@ -73,12 +72,7 @@ class InsufficientScope(Forbidden):
         self.required = required
 
     def extra_headers(self) -> Headers:
-        scopes = quote(" ".join(sorted(self.required)))
-        challenge = (
-            f'Bearer realm="authcar", error="{INSUFFICIENT_SCOPE}", '
-            f'error_description="{quote(self.description)}", scope="{scopes}"'
-        )
-        return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
+        return bearer_challenge(INSUFFICIENT_SCOPE, self.description, scope=" ".join(sorted(self.required)))
 
 
 class NotFound(GatewayError):
@@ -127,6 +121,16 @@ class GatewayTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     description = "the application did not answer in time"
+
+
+def bearer_challenge(error: str | None = None, description: str = "", **params: str) -> Headers:
+    """The RFC 6750 §3 `WWW-Authenticate` header: no `error` attribute when there is no error."""
+    challenge = 'Bearer realm="authcar"'
+    if error is not None:
+        challenge += f', error="{error}", error_description="{quote(description)}"'
+    for name, value in params.items():
+        challenge += f', {name}="{quote(value)}"'
+    return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
 
 
 def quote(text: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 from urllib.parse import unquote_plus
 
-from authcar.errors import BadRequest, quote
+from authcar.errors import BadRequest, bearer_challenge
 from authcar.types import Headers
 
 TokenSource = Literal["header", "cookie", "query"]
@@ -25,9 +25,7 @@ class InvalidTokenRequest(BadRequest):
     code = "invalid_request"
 
     def extra_headers(self) -> Headers:
-        description = quote(self.description)
-        challenge = f'Bearer realm="authcar", error="invalid_request", error_description="{description}"'
-        return [(b"www-authenticate", challenge.encode("latin-1", "replace"))]
+        return bearer_challenge("invalid_request", self.description)
 
 
 class FoundToken(NamedTuple):  # a tuple: one is built for every authenticated request
