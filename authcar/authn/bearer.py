@@ -97,20 +97,21 @@ class BearerAuthenticator:
         if self.metrics is not None:
             self.metrics.introspection_duration.labels(result=result).observe(seconds)
 
-    def cached(self, token: str) -> Identity | None:
+    def cached(self, token: str) -> tuple[Identity | None, bytes | None]:
         """A repeated JWT's identity straight from the verified-token cache, without a coroutine:
-        the common case. None means "not known": `verify` decides (and says why if it refuses)."""
+        the common case. On a miss, the cache key for `verify` (None when none was computed), so a
+        first-seen token is hashed once; `verify` decides, and says why if it refuses."""
         if self.introspecting is not None and token.count(".") not in (2, 4):
-            return None
+            return None, None
         try:
-            verified = self.validator.lookup(token)[1]
+            cache_key, verified = self.validator.lookup(token)
         except TokenRejected:
-            return None
-        return None if verified is None else self.accept(verified)
+            return None, None  # too large: `verify` refuses it with its reason
+        return (None, cache_key) if verified is None else (self.accept(verified), cache_key)
 
-    async def verify(self, token: str) -> Identity:
+    async def verify(self, token: str, cache_key: bytes | None = None) -> Identity:
         try:
-            verified = await self.check(token)
+            verified = await self.check(token, cache_key)
         except TokenRejected as rejected:
             self.count(rejected.reason)
             raise Unauthorized(
@@ -129,7 +130,9 @@ class BearerAuthenticator:
         self.count("valid_cached" if verified.cached else "valid")
         return identity
 
-    async def check(self, token: str) -> VerifiedToken:
+    async def check(self, token: str, cache_key: bytes | None) -> VerifiedToken:
+        if cache_key is not None:  # `cached` found a JWT the cache does not know
+            return await self.validator.verify_new(token, cache_key)
         # Two dots: a JWS (three parts); four: a JWE, which the validator refuses by name.
         if self.introspecting is None or token.count(".") in (2, 4):
             return await self.validator.validate(token)

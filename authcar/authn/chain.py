@@ -91,7 +91,9 @@ class Authentication:
                 raise Unauthorized(
                     "bearer tokens are not accepted here", code="no_issuer", token_error=INVALID_TOKEN
                 )
-            identity = self.bearer.cached(found.token) or await self.bearer.verify(found.token)
+            identity, cache_key = self.bearer.cached(found.token)
+            if identity is None:
+                identity = await self.bearer.verify(found.token, cache_key)
             if found.forward_query is not None:
                 scope["query_string"] = found.forward_query
             return identity
