@@ -161,8 +161,9 @@ class Gate:
             # A server that gives only the decoded path leaves nothing safe to check and forward.
             raise BadRequest("the server gave no raw request path", code="bad_request_target")
         path = normalise_path(raw_path)
-        if len(path) != len(raw_path) or path.encode("ascii") != raw_path:
-            scope["raw_path"] = path.encode("ascii")
+        normalised = path.encode("ascii")
+        if normalised != raw_path:
+            scope["raw_path"] = normalised
             scope["path"] = unquote(path)
         return path
 
