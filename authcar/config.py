@@ -547,7 +547,10 @@ ENV_ISSUER_NAMES = {
 def validate_oidc(s: Settings) -> list[str]:
     problems: list[str] = []
     # Top-level values (inherited by every issuer that does not set its own) are checked once.
-    problems.extend(validate_token_rules(s.oidc_algorithms, s.oidc_leeway, s.oidc_required_claims, env_name))
+    top_level = (s.oidc_algorithms, s.oidc_leeway, s.oidc_required_claims)
+    problems.extend(
+        validate_token_rules(*top_level, lambda field_name: env_name(IssuerSettings.INHERITED[field_name]))
+    )
     if s.oidc_issuer_url is None:
         for name in ("oidc_jwks_url", "oidc_jwks_file", "oidc_introspection_url", "oidc_audience"):
             if getattr(s, name):
@@ -612,11 +615,7 @@ def validate_issuer(issuer: IssuerSettings, name_of: typing.Callable[[str], str]
     if issuer.introspection_url is not None and issuer.client_id is None:
         problems.append(f"{name_of('introspection_url')} needs {name_of('client_id')} and its secret")
     # Per-issuer overrides of the top-level token rules (None: inherited, checked once at the top).
-    problems.extend(
-        validate_token_rules(
-            issuer.algorithms, issuer.leeway, issuer.required_claims, name_of, overrides=True
-        )
-    )
+    problems.extend(validate_token_rules(issuer.algorithms, issuer.leeway, issuer.required_claims, name_of))
     return problems
 
 
@@ -625,29 +624,24 @@ def validate_token_rules(
     leeway: float | None,
     required_claims: tuple[str, ...] | None,
     name_of: typing.Callable[[str], str],
-    *,
-    overrides: bool = False,
 ) -> list[str]:
+    """Checks on the inheritable token rules; `name_of` turns an IssuerSettings field name into
+    the name a problem should carry (None values are inherited: checked where they are set)."""
     problems: list[str] = []
-    names = (
-        ("algorithms", "leeway", "required_claims")
-        if overrides
-        else ("oidc_algorithms", "oidc_leeway", "oidc_required_claims")
-    )
     if algorithms is not None:
         unknown = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
         if unknown:
             # HS* would let anyone holding the (public) verification key mint tokens.
             problems.append(
-                f"{name_of(names[0])}: {', '.join(unknown)} not accepted (asymmetric algorithms only)"
+                f"{name_of('algorithms')}: {', '.join(unknown)} not accepted (asymmetric algorithms only)"
             )
         if not algorithms:
-            problems.append(f"{name_of(names[0])}: at least one algorithm is needed")
+            problems.append(f"{name_of('algorithms')}: at least one algorithm is needed")
     if leeway is not None and not 0 <= leeway <= 300:
-        problems.append(f"{name_of(names[1])}: must be between 0 and 300 seconds")
+        problems.append(f"{name_of('leeway')}: must be between 0 and 300 seconds")
     if required_claims is not None and "exp" not in required_claims:
         # A token without exp never expires: not something an access token may be.
-        problems.append(f"{name_of(names[2])}: must include exp")
+        problems.append(f"{name_of('required_claims')}: must include exp")
     return problems
 
 
