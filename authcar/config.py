@@ -136,6 +136,27 @@ class Settings:
         False, "a verified client certificate (mTLS) without a token identifies the caller (URI SAN, else CN)"
     )
 
+    policy_dir: Path = setting(
+        Path("policies"), "directory with model.conf and policy.csv (a mounted ConfigMap); watched and reloaded"
+    )
+    policy_role_prefix: str = setting(
+        "role:", "prefix the caller's roles carry in Casbin, so no subject can be mistaken for a role"
+    )
+    dry_run: bool = setting(False, "evaluate and log decisions, but let denied requests through")
+    dry_run_paths: tuple[str, ...] = setting(
+        (), "paths (public-path syntax) where a denial is only logged: shadow rules for part of a service"
+    )
+    claim_headers: tuple[str, ...] = setting(
+        ("X-Auth-Request-Email=email", "X-Auth-Request-Preferred-Username=preferred_username"),
+        "identity headers set from claims, `Header=claim.path`; client-sent copies are always removed",
+    )
+    forward_authorization: bool = setting(True, "pass the client's Authorization header on to the application")
+    assertion_key_file: Path | None = setting(
+        None, "PEM EC P-256 private key that signs X-Auth-Request-Jwt (default: a new key at start)"
+    )
+    assertion_lifetime: float = setting(60.0, "seconds an X-Auth-Request-Jwt stays valid")
+    assertion_audience: str = setting("upstream", "`aud` of X-Auth-Request-Jwt, checked by the application")
+
     allow_anonymous: bool = setting(
         False, "forward requests without authentication (development only; the default is deny)"
     )

@@ -1,0 +1,76 @@
+"""Authorization: Casbin policies from a mounted directory, decided without scanning every rule.
+
+The pieces, each in its own module:
+    engine.py    compile a model and policy into a `CompiledPolicy` whose decisions agree with
+                 `casbin.Enforcer` but cost the same at 10 rules and at 10,000
+    reload.py    read the policy directory, check a new version in full, swap it in atomically;
+                 watch the directory (ConfigMap `..data` swaps) and reload on SIGHUP
+    testing.py   `authcar policy test`: YAML cases run against a policy directory
+
+What they share is defined here: the request the policy sees, the decision it gives, the error a
+bad policy raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authcar.identity import Identity
+
+MODEL_FILE = "model.conf"
+POLICY_FILE = "policy.csv"
+
+
+class PolicyError(Exception):
+    """A model or policy that cannot be used; `problems` lists every one found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """What a Casbin model's request definition may name.
+
+    `r = sub, obj, act` is the usual shape; a model may also name `claims` (the token's claims, with
+    attribute access such as `r.claims.email`), `iss` (the issuer) and `src` (how the caller was
+    identified: jwt, introspection, session, client_certificate, anonymous).
+    """
+
+    subject: str  # r.sub
+    roles: tuple[str, ...]  # linked to the subject for g(r.sub, p.sub), already prefixed
+    path: str  # r.obj: the normalised path, exactly as it will be forwarded
+    method: str  # r.act
+    claims: Mapping[str, Any]  # r.claims
+    issuer: str = ""  # r.iss
+    source: str = "anonymous"  # r.src
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    # The policy line that decided (Casbin's explain): the matching allow rule, or the deny rule that
+    # refused. Empty when no rule matched (the default deny).
+    rule: tuple[str, ...]
+    reason: str  # "allowed", "no_matching_rule", "denied_by_rule"
+    policy_version: str
+
+
+def policy_request(identity: Identity, method: str, path: str, role_prefix: str) -> PolicyRequest:
+    """The request a policy decides on: the identity's roles become Casbin roles under a prefix.
+
+    The prefix (default `role:`) keeps subjects and IdP roles in separate namespaces, so a user whose
+    subject happens to be `admin` never gains the rules written for the role `admin`.
+    """
+    return PolicyRequest(
+        subject=identity.subject,
+        roles=tuple(sorted(role_prefix + role for role in identity.roles)),
+        path=path,
+        method=method,
+        claims=identity.claims,
+        issuer=identity.issuer,
+        source=identity.source,
+    )
