@@ -20,7 +20,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONDONTWRITEB
 WORKDIR /src
 # All dependencies publish manylinux wheels for CPython 3.12 on amd64 and arm64, so no compiler
 # is installed here either. Should one ever need building, install build-essential in THIS stage.
-COPY . .
+# Only what `pip wheel .` reads: editing tests, docs or deploy/ does not invalidate this layer.
+# (tests/test_deploy.py builds the wheel from exactly these files.)
+COPY pyproject.toml README.md ./
+COPY authcar/ authcar/
 # The cache mount keeps pip's download cache between builds without putting it in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --wheel-dir /wheels .
@@ -49,9 +52,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 # Offline install from the builder's wheels only. The wheels are bind-mounted, not copied, so
 # they never become a layer of this image; pip byte-compiles at install time, so nothing needs
-# writing at run time.
+# writing at run time. Naming the wheel file installs exactly the authcar just built (and pins
+# it, as hadolint's DL3013 asks); its dependencies come from the same directory.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels authcar
+    pip install --no-cache-dir --no-index --find-links /wheels /wheels/authcar-*.whl
 
 # Read-only root filesystem: authcar writes nothing at run time except under /tmp. The
 # prometheus multiprocess directory (PROMETHEUS_MULTIPROC_DIR, when several workers run)
