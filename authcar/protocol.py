@@ -17,6 +17,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from authcar.authn.jwt import TOKEN_MEMO_EXTENSION, TokenDigestMemo
 from authcar.errors import BadRequest, GatewayError, HeadersTooLarge, URITooLong, raw_error_response
 from authcar.headers import new_request_id
 from authcar.tls import client_certificate
@@ -97,6 +98,7 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.tls = tls_extension(transport)
+            self.token_memo = TokenDigestMemo()
             self.in_head = True
             self.head_bytes = 0  # raw bytes read while a head is incomplete
             self.header_count = 0
@@ -123,8 +125,10 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            extensions: dict[str, Any] = {TOKEN_MEMO_EXTENSION: self.token_memo}
             if self.tls is not None:
-                self.scope["extensions"] = {"tls": self.tls}
+                extensions["tls"] = self.tls
+            self.scope["extensions"] = extensions
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)

@@ -15,7 +15,7 @@ import httpx
 
 from authcar.authn.introspection import Introspector
 from authcar.authn.issuers import Issuer
-from authcar.authn.jwt import JWTValidator, TokenRejected, VerifiedToken
+from authcar.authn.jwt import JWTValidator, TokenDigestMemo, TokenRejected, VerifiedToken
 from authcar.config import Settings
 from authcar.errors import INVALID_TOKEN, InsufficientScope, Unauthorized
 from authcar.identity import Identity
@@ -97,14 +97,14 @@ class BearerAuthenticator:
         if self.metrics is not None:
             self.metrics.introspection_duration.labels(result=result).observe(seconds)
 
-    def cached(self, token: str) -> tuple[Identity | None, bytes | None]:
+    def cached(self, token: str, memo: TokenDigestMemo | None = None) -> tuple[Identity | None, bytes | None]:
         """A repeated JWT's identity straight from the verified-token cache, without a coroutine:
         the common case. On a miss, the cache key for `verify` (None when none was computed), so a
         first-seen token is hashed once; `verify` decides, and says why if it refuses."""
         if self.introspecting is not None and token.count(".") not in (2, 4):
             return None, None
         try:
-            cache_key, verified = self.validator.lookup(token)
+            cache_key, verified = self.validator.lookup(token, memo)
         except TokenRejected:
             return None, None  # too large: `verify` refuses it with its reason
         return (None, cache_key) if verified is None else (self.accept(verified), cache_key)

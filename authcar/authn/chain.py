@@ -21,6 +21,7 @@ import httpx
 from authcar.authn.bearer import BearerAuthenticator
 from authcar.authn.certificate import certificate_identity, certificate_of
 from authcar.authn.issuers import Issuer
+from authcar.authn.jwt import TOKEN_MEMO_EXTENSION
 from authcar.authn.sources import TokenSources
 from authcar.background import cancel_and_wait
 from authcar.config import Settings
@@ -91,7 +92,9 @@ class Authentication:
                 raise Unauthorized(
                     "bearer tokens are not accepted here", code="no_issuer", token_error=INVALID_TOKEN
                 )
-            identity, cache_key = self.bearer.cached(found.token)
+            extensions = scope.get("extensions")
+            memo = extensions.get(TOKEN_MEMO_EXTENSION) if extensions else None
+            identity, cache_key = self.bearer.cached(found.token, memo)
             if identity is None:
                 identity = await self.bearer.verify(found.token, cache_key)
             if found.forward_query is not None:
