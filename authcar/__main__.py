@@ -1,4 +1,5 @@
-"""Command line: `authcar [run|check-config|demo]`; every setting is also a flag of `run`."""
+"""Command line: `authcar [run|check-config|policy test|settings|demo]`; every setting is also a flag
+of `run` and `check-config`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from authcar import __version__
 from authcar.config import ConfigError, LoadedSettings, Settings, env_name, load_settings, setting_docs
+from authcar.policy.testing import add_policy_test_arguments
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(check)
     commands.add_parser("settings", help="list every setting with its environment variable and default")
+    policy = commands.add_parser("policy", help="policy tools")
+    policy_commands = policy.add_subparsers(dest="policy_command", metavar="command", required=True)
+    add_policy_test_arguments(
+        policy_commands.add_parser(
+            "test", help="run YAML policy cases against a policy directory; exit 0 or 1"
+        )
+    )
     demo = commands.add_parser(
         "demo", help="run a local demo: an upstream app and the sidecar in front of it"
     )
@@ -57,8 +66,22 @@ def load(args: argparse.Namespace) -> LoadedSettings:
 
 
 def preflight(settings: Settings) -> list[str]:
-    """Checks that need more than the settings themselves: can the certificate files be used?"""
+    """Checks that need more than the settings themselves: can the certificate, key and policy files
+    be used?"""
+    from authcar.assertion import AssertionKeyError, load_private_key_file
+    from authcar.policy import PolicyError
+    from authcar.policy.reload import load_policy
+
     problems: list[str] = []
+    try:
+        load_policy(settings.policy_dir, settings.policy_role_prefix)
+    except PolicyError as error:
+        problems.extend(f"{env_name('policy_dir')} ({settings.policy_dir}): {p}" for p in error.problems)
+    if settings.assertion_key_file is not None:
+        try:
+            load_private_key_file(settings.assertion_key_file)
+        except AssertionKeyError as exc:
+            problems.append(f"{env_name('assertion_key_file')}: {exc}")
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         from authcar.tls import CertificateStore, TLSConfigError
 
@@ -85,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, default, help_text in setting_docs():
             print(f"{name:<40} {default:<24} {help_text}")
         return 0
+    if args.command == "policy":
+        from authcar.policy.testing import policy_test_command
+
+        return policy_test_command(args, sys.stdout)
     if args.command == "demo":
         from authcar.demo import run_demo
 

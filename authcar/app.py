@@ -11,12 +11,15 @@ import httpx
 from starlette.applications import Starlette
 
 from authcar.admin import build_admin_app
+from authcar.assertion import AssertionSigner
 from authcar.authn.chain import Authentication
 from authcar.background import cancel_and_wait
 from authcar.config import Settings
 from authcar.gate import Gate
 from authcar.headers import HeaderRules
+from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
+from authcar.policy.reload import PolicySource
 from authcar.reserved import build_reserved_app
 from authcar.store import MemoryStore, Store
 from authcar.tls import CertificateStore
@@ -28,7 +31,11 @@ log = logging.getLogger("authcar")
 class Sidecar:
     """Clients, caches and state of one process; built once, started, and closed at shutdown."""
 
-    def __init__(self, settings: Settings, *, access_stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, access_stream: IO[str] | None = None, assertion_pem: bytes | None = None
+    ) -> None:
+        """`assertion_pem`: the supervisor's assertion key, so that every worker signs with one key.
+        Raises PolicyError when the policy directory holds no usable policy."""
         self.settings = settings
         self.metrics = Metrics()
         self.access_log = AccessLog(settings.access_log, settings.log_format, access_stream)
@@ -40,10 +47,15 @@ class Sidecar:
             keepalive_timeout=settings.upstream_keepalive_timeout,
             max_body_bytes=settings.max_body_bytes,
         )
+        # What the application is told about the caller, signed so that it can tell it came from here.
+        self.assertion_signer = AssertionSigner.from_settings(settings, generated_pem=assertion_pem)
+        self.identity_headers = IdentityHeaders(settings, self.assertion_signer)
         self.header_rules = HeaderRules(
             settings.trusted_proxies,
             pass_host_header=settings.pass_host_header,
             upstream_host=self.upstream.host_header,
+            identity_header_names=self.identity_headers.header_names,
+            forward_authorization=settings.forward_authorization,
         )
         self.tls: CertificateStore | None = None
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
@@ -63,15 +75,18 @@ class Sidecar:
         # Redis URL is configured (the shared-state work).
         self.store: Store = MemoryStore()
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
+        self.policy = PolicySource(settings.policy_dir, self.metrics, role_prefix=settings.policy_role_prefix)
+        self.policy.load_initial()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
-        self.public_app = Gate(self, build_reserved_app())
+        self.public_app = Gate(self, build_reserved_app(self.assertion_signer))
         self.admin_app: Starlette = build_admin_app(self)
 
     async def start(self) -> None:
         await self.upstream.start()
         await self.authentication.start()
         self.tasks.append(asyncio.create_task(self.metrics.flush_periodically(), name="authcar-metrics"))
+        self.tasks.append(asyncio.create_task(self.policy.watch(), name="authcar-policy-watch"))
         if self.tls is not None:
             self.tasks.append(asyncio.create_task(self.tls.watch(), name="authcar-tls-watch"))
 
@@ -88,6 +103,10 @@ class Sidecar:
         """SIGHUP: re-read everything that can change without a restart."""
         if self.tls is not None:
             self.tls.reload()
+        # Compiling 10,000 rules takes over a second: off the event loop (reloads take turns).
+        self.tasks.append(
+            asyncio.create_task(asyncio.to_thread(self.policy.reload), name="authcar-policy-reload")
+        )
 
     def tls_event(self, event: str, fields: dict[str, Any]) -> None:
         ok = event == "tls_reloaded"
@@ -103,6 +122,8 @@ class Sidecar:
         keys = self.authentication.readiness()
         if keys is not None:
             checks["keys"] = keys
+        policy_ok, policy_detail = self.policy.readiness()
+        checks["policy"] = {"ok": policy_ok, "detail": policy_detail}
         problem = await self.upstream.probe()
         checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
         if self.tls is not None:

@@ -137,7 +137,8 @@ class Settings:
     )
 
     policy_dir: Path = setting(
-        Path("policies"), "directory with model.conf and policy.csv (a mounted ConfigMap); watched and reloaded"
+        Path("policies"),
+        "directory with model.conf and policy.csv (a mounted ConfigMap); watched and reloaded",
     )
     policy_role_prefix: str = setting(
         "role:", "prefix the caller's roles carry in Casbin, so no subject can be mistaken for a role"
@@ -150,7 +151,9 @@ class Settings:
         ("X-Auth-Request-Email=email", "X-Auth-Request-Preferred-Username=preferred_username"),
         "identity headers set from claims, `Header=claim.path`; client-sent copies are always removed",
     )
-    forward_authorization: bool = setting(True, "pass the client's Authorization header on to the application")
+    forward_authorization: bool = setting(
+        True, "pass the client's Authorization header on to the application"
+    )
     assertion_key_file: Path | None = setting(
         None, "PEM EC P-256 private key that signs X-Auth-Request-Jwt (default: a new key at start)"
     )
@@ -541,6 +544,32 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"{env_name(name)}: must not be negative")
     if s.max_header_bytes < 1024:
         problems.append(f"{env_name('max_header_bytes')}: below 1024 bytes no real client gets through")
+    problems.extend(validate_authorization(s))
+    return problems
+
+
+def validate_authorization(s: Settings) -> list[str]:
+    """The policy's inputs and what the application is told (the policy files: `authcar check-config`)."""
+    from authcar.identity_headers import claim_header_problems
+
+    problems = [f"{env_name('claim_headers')}: {p}" for p in claim_header_problems(s.claim_headers)]
+    for entry in s.dry_run_paths:
+        try:
+            parse_public_path(entry)
+        except ValueError as exc:
+            problems.append(f"{env_name('dry_run_paths')}: {exc}")
+    prefix = s.policy_role_prefix
+    if not prefix or prefix.startswith("authcar:") or any(c in prefix for c in ", \t"):
+        # Without a prefix a subject `admin` would hold the role `admin`'s rules; `authcar:` names the
+        # built-in roles; commas and blanks would split in policy CSV lines.
+        problems.append(
+            f"{env_name('policy_role_prefix')}: must not start with `authcar:` or hold , or blanks"
+        )
+    if not 5 <= s.assertion_lifetime <= 3600:
+        # Shorter outlives no clock skew between sidecar and app; longer makes a leaked one useful.
+        problems.append(f"{env_name('assertion_lifetime')}: must be between 5 and 3600 seconds")
+    if not s.assertion_audience or not s.assertion_audience.isprintable() or " " in s.assertion_audience:
+        problems.append(f"{env_name('assertion_audience')}: must be a non-empty value without spaces")
     return problems
 
 

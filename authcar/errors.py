@@ -75,6 +75,18 @@ class InsufficientScope(Forbidden):
         return bearer_challenge(INSUFFICIENT_SCOPE, self.description, scope=" ".join(sorted(self.required)))
 
 
+class PolicyDenied(Forbidden):
+    """The policy refused an identified caller. The client learns no more; the log gets the rule."""
+
+    code = "policy_denied"
+    description = "the policy does not allow this request"
+
+    def __init__(self, reason: str, rule: tuple[str, ...]) -> None:
+        super().__init__()
+        self.reason = reason
+        self.rule = rule
+
+
 class NotFound(GatewayError):
     status = 404
     code = "not_found"

@@ -4,8 +4,9 @@
     2. route     one path normalisation (ambiguous paths: 400); reserved endpoints (/oauth2/*,
                  /.well-known/authcar/*) go to the sidecar's own app
     3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401
-    4. authz     may they do this (policy engine: a later stage)
-    5. inject    identity headers (a later stage)
+    4. authz     may they do this (authcar/policy/): one decision against one policy version;
+                 dry run lets a denial through, logged
+    5. inject    identity headers and the signed assertion (authcar/identity_headers.py)
     6. forward   to the upstream, streaming; WebSockets bridged
     7. record    one access-log line and the metrics
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from authcar.errors import (
@@ -28,13 +29,15 @@ from authcar.errors import (
     HeadersTooLarge,
     MethodNotAllowed,
     PayloadTooLarge,
+    PolicyDenied,
     Unauthorized,
     send_error,
 )
 from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.observe import AccessEntry
-from authcar.paths import normalise_path
+from authcar.paths import PublicPaths, normalise_path
+from authcar.policy import authorize
 from authcar.types import ASGIApp, Receive, Scope, Send
 from authcar.upstream import Exchange
 
@@ -51,6 +54,15 @@ REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large"})
 
 
+class LogDecision(NamedTuple):
+    """The policy's part of a request's log line."""
+
+    roles: tuple[str, ...]
+    rule: tuple[str, ...]
+    reason: str
+    version: str
+
+
 class Gate:
     """The public listener's ASGI app."""
 
@@ -60,6 +72,9 @@ class Gate:
         self.reserved_app = reserved_app
         self.reserved_prefixes = (self.settings.reserved_prefix, WELL_KNOWN_PREFIX)
         self.max_body_bytes = self.settings.max_body_bytes
+        self.role_prefix = self.settings.policy_role_prefix
+        self.dry_run = self.settings.dry_run
+        self.dry_run_paths = PublicPaths.from_entries(self.settings.dry_run_paths) or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -75,6 +90,11 @@ class Gate:
         decision = "error"
         identity: Identity = ANONYMOUS
         request_id = ""
+        # What the log line says about the policy's part.
+        roles: tuple[str, ...] = ()
+        rule: tuple[str, ...] = ()
+        reason = ""
+        policy_version = ""
         metrics = sidecar.metrics
         metrics.in_flight.inc()
         try:
@@ -98,9 +118,24 @@ class Gate:
 
             # 3. authn
             identity = await sidecar.authentication.authenticate(scope, path)
-            decision = "anonymous" if identity.is_anonymous else "allow"
 
-            # 4. authz, 5. inject: later stages.
+            # 4. authz
+            method = scope.get("method", "GET")  # a WebSocket handshake is a GET
+            request, verdict = authorize(sidecar.policy.current, identity, method, path, self.role_prefix)
+            roles, rule, policy_version = request.roles, verdict.rule, verdict.policy_version
+            if verdict.allowed:
+                decision = "anonymous" if identity.is_anonymous else "allow"
+            elif self.is_dry_run(method, path):
+                decision, reason = "dry_run_allow", verdict.reason
+            elif identity.is_anonymous:
+                # Signing in might help: ask for credentials rather than refuse outright.
+                reason = verdict.reason
+                raise Unauthorized("a bearer token is required", code="no_credentials")
+            else:
+                raise PolicyDenied(verdict.reason, verdict.rule)
+
+            # 5. inject
+            framed.headers.extend(sidecar.identity_headers.headers_for(identity, method, path))
 
             # 6. forward
             if websocket:
@@ -110,10 +145,11 @@ class Gate:
         except GatewayError as error:
             # A client that left mid-upload gets no answer; log it as such, not as the app's failure.
             exchange.status = 499 if exchange.client_gone else error.status
-            if decision in ("allow", "anonymous"):
+            if decision in ("allow", "anonymous", "dry_run_allow"):
                 decision = "error"
             if isinstance(error, Unauthorized | Forbidden):
                 decision = "deny"
+                reason = reason or error.code
             exchange.bytes_out = await self.reject(
                 scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )
@@ -137,7 +173,20 @@ class Gate:
                 metrics.upstream_duration.observe(exchange.upstream_seconds)
             if exchange.error and exchange.error not in CLIENT_SIDE_ERRORS:
                 metrics.upstream_errors.labels(kind=exchange.error).inc()
-            self.record(scope, request_id, status, decision, identity, exchange, duration)
+            self.record(
+                scope,
+                request_id,
+                status,
+                decision,
+                identity,
+                exchange,
+                duration,
+                LogDecision(roles, rule, reason, policy_version),
+            )
+
+    def is_dry_run(self, method: str, path: str) -> bool:
+        """A denial here is logged and let through (AUTHCAR_DRY_RUN, AUTHCAR_DRY_RUN_PATHS)."""
+        return self.dry_run or (self.dry_run_paths is not None and self.dry_run_paths.matches(method, path))
 
     def frame(self, scope: Scope) -> Framed:
         raw_headers = scope["headers"]
@@ -189,6 +238,7 @@ class Gate:
         identity: Identity,
         exchange: Exchange,
         duration: float,
+        policy: LogDecision,
     ) -> None:
         access_log = self.sidecar.access_log
         if not access_log.enabled:
@@ -211,6 +261,10 @@ class Gate:
                 subject=identity.subject,
                 upstream_error=exchange.error,
                 client_cert=(tls["client_cert_name"] or "") if tls is not None else "",
+                roles=policy.roles,
+                rule=policy.rule,
+                reason=policy.reason,
+                policy=policy.version,
             )
         )
 

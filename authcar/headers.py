@@ -93,6 +93,25 @@ IDENTITY_NAMES = frozenset(
     }
 )
 
+# Names in IDENTITY_NAMES that change what the application routes or runs rather than saying who is
+# calling: never a target for a claim header (a user-editable claim would become a path override).
+REQUEST_OVERRIDE_NAMES = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded-prefix",
+        b"x-envoy-original-path",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
+# Request headers the rules above frame, re-derive or read themselves: never a claim header either.
+FRAMING_NAMES = REQUEST_DROP | FORWARDING | CLIENT_IP_NAMES | {b"content-length", b"x-request-id"}
+
 # One lookup classifies a (folded) request header name; names not listed are classed by prefix.
 IDENTITY, TRUSTED_ONLY = 1, 2
 RESTRICTED_NAMES: dict[bytes, int] = {
@@ -158,10 +177,24 @@ class Framed:
 class HeaderRules:
     """Applies the header rules for one configuration; built once at startup."""
 
-    def __init__(self, trusted_proxies: Iterable[str], *, pass_host_header: bool, upstream_host: str) -> None:
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str],
+        *,
+        pass_host_header: bool,
+        upstream_host: str,
+        identity_header_names: Iterable[str] = (),
+        forward_authorization: bool = True,
+    ) -> None:
+        """`identity_header_names`: the operator's claim headers, stripped like the built-in family;
+        `forward_authorization=False` drops the client's Authorization (after authentication read it)."""
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.pass_host_header = pass_host_header
         self.upstream_host = upstream_host.encode("latin-1")
+        stripped = {fold_name(name.lower().encode("latin-1")) for name in identity_header_names}
+        if not forward_authorization:
+            stripped.add(b"authorization")
+        self.restricted = {**RESTRICTED_NAMES, **dict.fromkeys(stripped, IDENTITY)}
 
     def is_trusted(self, address: str) -> bool:
         if not self.trusted:
@@ -183,6 +216,7 @@ class HeaderRules:
         connection: list[bytes] = []
         forwarded: dict[bytes, bytes] = {}
         kept: list[tuple[bytes, bytes]] = []
+        restricted = self.restricted
 
         for name, value in raw:
             if name in REQUEST_DROP:
@@ -213,7 +247,7 @@ class HeaderRules:
                 continue
             else:
                 folded = fold_name(name)
-                kind = RESTRICTED_NAMES.get(folded)
+                kind = restricted.get(folded)
                 if kind is None and folded.startswith(b"x-"):
                     if folded.startswith(IDENTITY_PREFIXES):
                         kind = IDENTITY

@@ -142,12 +142,16 @@ class AccessEntry(NamedTuple):
     subject: str
     upstream_error: str
     client_cert: str
+    roles: tuple[str, ...] = ()  # the caller's roles, as the policy saw them
+    rule: tuple[str, ...] = ()  # the policy line that decided (Casbin's explain)
+    reason: str = ""  # why a request was refused (an error code), or why a denial was let through
+    policy: str = ""  # the policy version that decided
 
 
 FLUSH_ENTRIES = 256
 
-# Only path, subject and client_cert can hold arbitrary text and get JSON-escaped; every other field is
-# a number, one of our own words, or a value already validated to a safe alphabet.
+# Only path, subject, client_cert, roles and rule can hold arbitrary text and get JSON-escaped; every
+# other field is a number, one of our own words, or a value already validated to a safe alphabet.
 JSON_LINE = (
     '{"time":"%s","request_id":"%s","client":"%s","method":"%s","path":%s,"status":%d,'
     '"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,"upstream_ms":%.3f,"decision":"%s","subject":%s'
@@ -203,6 +207,12 @@ class AccessLog:
             )
             if e.subject:
                 line += f" subject={e.subject}"
+            if e.roles:
+                line += f" roles={','.join(e.roles)}"
+            if e.rule:
+                line += f" rule={','.join(e.rule)}"
+            if e.reason:
+                line += f" reason={e.reason}"
             if e.upstream_error:
                 line += f" upstream_error={e.upstream_error}"
             return line
@@ -220,6 +230,14 @@ class AccessLog:
             e.decision,
             escape_json(e.subject),
         )
+        if e.roles:
+            line += ',"roles":[' + ",".join([escape_json(role) for role in e.roles]) + "]"
+        if e.rule:
+            line += ',"rule":[' + ",".join([escape_json(field) for field in e.rule]) + "]"
+        if e.reason:
+            line += ',"reason":"' + e.reason + '"'
+        if e.policy:
+            line += ',"policy":"' + e.policy + '"'
         if e.upstream_error:
             line += ',"upstream_error":"' + e.upstream_error + '"'
         if e.client_cert:
@@ -316,12 +334,44 @@ class Metrics:
             "authcar_build_info", "Version of authcar", ["version"], registry=r, multiprocess_mode="max"
         )
         self.info.labels(version=__version__).set(1)
+        self.policy_reloads = Counter(
+            "authcar_policy_reloads",
+            "Policy loads and reloads, by result (a failure keeps the last good policy serving)",
+            ["result"],
+            registry=r,
+        )
+        self.policy_last_reload_success = Gauge(
+            "authcar_policy_last_reload_success",
+            "1 if the last policy load or reload succeeded, 0 if it was refused",
+            registry=r,
+            multiprocess_mode="min",  # one worker that refused a policy is worth an alert
+        )
+        self.policy_rules = Gauge(
+            "authcar_policy_rules",
+            "Rules (p lines) in the policy being served",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.policy_info = Gauge(
+            "authcar_policy_info",
+            "1 for the version (hash of model.conf and policy.csv) being served",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.authz_decisions = Counter(
+            "authcar_authz_decisions",
+            "Authorization decisions: allow, deny, or dry_run_allow (denied, let through by dry run)",
+            ["decision"],
+            registry=r,
+        )
         # Label lookups take a lock and a dict hit; the hot path reuses the children.
         # The two counters every request touches are counted in plain dicts and added to the
         # Prometheus counters (a lock per increment) in batches: at every scrape, and every
         # FLUSH_INTERVAL for the other workers' files in multiprocess mode.
         self.pending_requests: dict[tuple[int, str], int] = {}
         self.pending_tokens: dict[str, int] = {}
+        self.pending_decisions: dict[str, int] = {}
 
     def count_request(self, status: int, decision: str) -> None:
         pending = self.pending_requests
@@ -332,6 +382,21 @@ class Metrics:
         pending = self.pending_tokens
         pending[result] = pending.get(result, 0) + 1
 
+    def count_decision(self, decision: str) -> None:
+        pending = self.pending_decisions
+        pending[decision] = pending.get(decision, 0) + 1
+
+    def set_policy(self, version: str, rules: int, previous_version: str = "") -> None:
+        """The policy being served: its version and size."""
+        self.policy_rules.set(rules)
+        if previous_version and previous_version != version:
+            if self.multiprocess:
+                # Removing a label is not supported across worker files; 0 says "no longer served".
+                self.policy_info.labels(version=previous_version).set(0)
+            else:
+                self.policy_info.remove(previous_version)
+        self.policy_info.labels(version=version).set(1)
+
     def flush(self) -> None:
         """Add the pending counts to the Prometheus counters."""
         requests, self.pending_requests = self.pending_requests, {}
@@ -340,6 +405,9 @@ class Metrics:
         tokens, self.pending_tokens = self.pending_tokens, {}
         for result, count in tokens.items():
             self.token_validations.labels(result=result).inc(count)
+        decisions, self.pending_decisions = self.pending_decisions, {}
+        for decision, count in decisions.items():
+            self.authz_decisions.labels(decision=decision).inc(count)
 
     async def flush_periodically(self) -> None:
         while True:

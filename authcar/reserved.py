@@ -1,6 +1,8 @@
 """Endpoints the sidecar serves itself on the public listener (login flow, assertion keys).
 
-They arrive with later stages; until then every reserved path answers a JSON 404, so nothing under
+`GET /.well-known/authcar/jwks.json` publishes the public key of the upstream assertion
+(X-Auth-Request-Jwt), without authentication: the application verifies with it. The login endpoints
+arrive with a later stage; until then every other reserved path answers a JSON 404, so nothing under
 the reserved prefixes ever reaches the application by accident.
 """
 
@@ -9,9 +11,28 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from authcar.assertion import AssertionSigner
+
+JWKS_PATH = "/.well-known/authcar/jwks.json"
+# Verifiers cache the keys for a while and refetch on an unknown `kid` (a key generated at a restart):
+# a few minutes keeps both the fetches and the time a key change takes to be seen small.
+JWKS_CACHE_CONTROL = "public, max-age=300"
 
 
-def build_reserved_app() -> Starlette:
+def build_reserved_app(assertion_signer: AssertionSigner | None = None) -> Starlette:
+    routes: list[Route] = []
+    if assertion_signer is not None:
+        jwks_body = assertion_signer.jwks_json()
+
+        async def jwks(request: Request) -> Response:
+            return Response(
+                jwks_body, media_type="application/json", headers={"cache-control": JWKS_CACHE_CONTROL}
+            )
+
+        routes.append(Route(JWKS_PATH, jwks, methods=["GET"]))
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse(
             {
@@ -22,4 +43,4 @@ def build_reserved_app() -> Starlette:
             status_code=404,
         )
 
-    return Starlette(routes=[], exception_handlers={404: not_found, 405: not_found})
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

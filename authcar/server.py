@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from authcar.app import Sidecar
+from authcar.assertion import new_private_key_pem
 from authcar.config import Settings
 from authcar.observe import configure_logging, drop_intended_aborts
 from authcar.protocol import GateWebSocketProtocol, HeadLimits, http_protocol
@@ -121,12 +122,15 @@ def uvicorn_config(app: object, settings: Settings, *, public: bool) -> uvicorn.
 class Service:
     """One process's serving: the sidecar, its two uvicorn servers, and the shutdown sequence."""
 
-    def __init__(self, settings: Settings, listeners: Listeners) -> None:
+    def __init__(
+        self, settings: Settings, listeners: Listeners, *, assertion_pem: bytes | None = None
+    ) -> None:
+        """`assertion_pem`: the supervisor's assertion key, so that every worker signs with one key."""
         self.settings = settings
         self.listeners = listeners
         # Logger filters are process-wide; adding the same function twice is a no-op.
         logging.getLogger("uvicorn.error").addFilter(drop_intended_aborts)
-        self.sidecar = Sidecar(settings)
+        self.sidecar = Sidecar(settings, assertion_pem=assertion_pem)
         public_config = uvicorn_config(self.sidecar.public_app, settings, public=True)
         public_config.load()
         if self.sidecar.tls is not None:
@@ -214,15 +218,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve_process(settings: Settings, listeners: Listeners) -> None:
+def serve_process(settings: Settings, listeners: Listeners, assertion_pem: bytes | None = None) -> None:
     """Run one serving process to completion (the single-worker case, and each worker)."""
     configure_logging(settings.log_format, settings.log_level)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(Service(settings, listeners).run())
+        runner.run(Service(settings, listeners, assertion_pem=assertion_pem).run())
 
 
-def worker_main(settings: Settings, public: socket.socket, admin: socket.socket) -> None:
-    serve_process(settings, Listeners(public, admin))
+def worker_main(
+    settings: Settings, public: socket.socket, admin: socket.socket, assertion_pem: bytes | None
+) -> None:
+    serve_process(settings, Listeners(public, admin), assertion_pem)
 
 
 def run(settings: Settings) -> int:
@@ -252,10 +258,16 @@ def supervise(settings: Settings, listeners: Listeners) -> int:
     context = multiprocessing.get_context("spawn")
     workers: dict[int, multiprocessing.process.BaseProcess] = {}
     stopping = False
+    # Without a key file each process would generate its own assertion key, and an application
+    # holding one worker's JWKS would refuse the others' assertions: one key, made here, for all
+    # workers (replacements included). It reaches them through the spawn pipe, never the disk.
+    assertion_pem = new_private_key_pem() if settings.assertion_key_file is None else None
 
     def start_worker() -> None:
         process = context.Process(
-            target=worker_main, args=(settings, listeners.public, listeners.admin), name="authcar-worker"
+            target=worker_main,
+            args=(settings, listeners.public, listeners.admin, assertion_pem),
+            name="authcar-worker",
         )
         process.start()
         assert process.pid is not None
@@ -285,7 +297,8 @@ def supervise(settings: Settings, listeners: Listeners) -> int:
                         "worker died; starting another", extra={"pid": pid, "exitcode": process.exitcode}
                     )
                     time.sleep(0.5)  # a worker that dies at start must not turn into a fork storm
-                    start_worker()
+                    if not stopping:  # a SIGTERM during the pause: nobody would signal the new one
+                        start_worker()
         return 0
     finally:
         for signum, handler in previous.items():

@@ -12,6 +12,7 @@ import pytest
 
 from authcar.config import Settings, load_settings
 from authcar.server import Service, running
+from tests.process import ALLOW_ALL_POLICY
 from tests.upstream_app import RunningUpstream, serve_upstream
 
 
@@ -38,6 +39,7 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
         "allow_anonymous": True,
         "log_level": "warning",
         "access_log": False,
+        "policy_dir": ALLOW_ALL_POLICY,
     }
     flags.update(overrides)
     return load_settings(flags, environ={}).settings

@@ -54,6 +54,10 @@ class SidecarProcess:
             self.process.wait(timeout=10)
 
 
+# A policy that lets every caller through, for tests about everything but authorization.
+ALLOW_ALL_POLICY = Path(__file__).resolve().parent / "policies" / "allow-all"
+
+
 def start_sidecar_process(log_dir: Path, env: dict[str, str], *, ready_timeout: float = 20) -> SidecarProcess:
     """Start `python -m authcar run` on free ports and wait until its admin listener answers."""
     log_path = log_dir / f"authcar-{time.monotonic_ns()}.log"
@@ -64,6 +68,7 @@ def start_sidecar_process(log_dir: Path, env: dict[str, str], *, ready_timeout: 
         "AUTHCAR_PORT": "0",
         "AUTHCAR_ADMIN_PORT": "0",
         "AUTHCAR_LOG_FORMAT": "json",
+        "AUTHCAR_POLICY_DIR": str(ALLOW_ALL_POLICY),
         **env,
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)

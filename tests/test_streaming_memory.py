@@ -23,6 +23,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.process import ALLOW_ALL_POLICY
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +115,7 @@ async def stack() -> AsyncIterator[Stack]:
             AUTHCAR_ADMIN_PORT=str(admin_port),
             AUTHCAR_UPSTREAM=f"http://127.0.0.1:{upstream_port}",
             AUTHCAR_ALLOW_ANONYMOUS="true",
+            AUTHCAR_POLICY_DIR=str(ALLOW_ALL_POLICY),
             AUTHCAR_MAX_BODY_BYTES="0",
             AUTHCAR_ACCESS_LOG="false",
             AUTHCAR_LOG_LEVEL="warning",

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from authcar.identity import Identity
 
 MODEL_FILE = "model.conf"
 POLICY_FILE = "policy.csv"
+
+# Every caller carries one of these, so a policy can grant "anyone" or "any signed-in caller". Roles
+# from tokens always carry the role prefix, so they can never take these names.
+ANONYMOUS_ROLE = "authcar:anonymous"
+AUTHENTICATED_ROLE = "authcar:authenticated"
+BUILT_IN_ROLE_PREFIX = "authcar:"
 
 
 class PolicyError(Exception):
@@ -63,14 +69,40 @@ def policy_request(identity: Identity, method: str, path: str, role_prefix: str)
     """The request a policy decides on: the identity's roles become Casbin roles under a prefix.
 
     The prefix (default `role:`) keeps subjects and IdP roles in separate namespaces, so a user whose
-    subject happens to be `admin` never gains the rules written for the role `admin`.
+    subject happens to be `admin` never gains the rules written for the role `admin`. One built-in
+    role says whether the caller was identified at all.
     """
+    roles = [role_prefix + role for role in identity.roles]
+    roles.append(ANONYMOUS_ROLE if identity.is_anonymous else AUTHENTICATED_ROLE)
     return PolicyRequest(
         subject=identity.subject,
-        roles=tuple(sorted(role_prefix + role for role in identity.roles)),
+        roles=tuple(sorted(roles)),
         path=path,
         method=method,
         claims=identity.claims,
         issuer=identity.issuer,
         source=identity.source,
     )
+
+
+class Policy(Protocol):
+    """What deciding needs of a compiled policy (authcar.policy.engine.CompiledPolicy)."""
+
+    version: str
+
+    def decide(self, request: PolicyRequest) -> Decision: ...
+
+
+def authorize(
+    policy: Policy, identity: Identity, method: str, path: str, role_prefix: str
+) -> tuple[PolicyRequest, Decision]:
+    """The decision for one request, exactly as the sidecar makes it (and `authcar policy test`).
+
+    In Casbin `g(a, b)` holds when a == b, so a subject spelled like a role (`role:admin`, or a
+    built-in `authcar:...`) would match that role's rules directly: such a subject is refused.
+    """
+    request = policy_request(identity, method, path, role_prefix)
+    subject = identity.subject
+    if subject and (subject.startswith(BUILT_IN_ROLE_PREFIX) or subject.startswith(role_prefix)):
+        return request, Decision(False, (), "subject_looks_like_role", policy.version)
+    return request, policy.decide(request)
