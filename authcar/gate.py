@@ -124,14 +124,17 @@ class Gate:
             request, verdict = authorize(sidecar.policy.current, identity, method, path, self.role_prefix)
             roles, rule, policy_version = request.roles, verdict.rule, verdict.policy_version
             if verdict.allowed:
+                metrics.count_decision("allow")
                 decision = "anonymous" if identity.is_anonymous else "allow"
             elif self.is_dry_run(method, path):
+                metrics.count_decision("dry_run_allow")
                 decision, reason = "dry_run_allow", verdict.reason
-            elif identity.is_anonymous:
-                # Signing in might help: ask for credentials rather than refuse outright.
-                reason = verdict.reason
-                raise Unauthorized("a bearer token is required", code="no_credentials")
             else:
+                metrics.count_decision("deny")
+                reason = verdict.reason
+                if identity.is_anonymous:
+                    # Signing in might help: ask for credentials rather than refuse outright.
+                    raise Unauthorized("a bearer token is required", code="no_credentials")
                 raise PolicyDenied(verdict.reason, verdict.rule)
 
             # 5. inject
