@@ -378,3 +378,28 @@ async def test_metrics_count_validations_by_result_and_key_fetches(
     assert 'authcar_token_validations_total{result="wrong_audience"} 1.0' in text
     assert 'authcar_token_validations_total{result="no_token"} 1.0' in text
     assert 'authcar_jwks_fetches_total{result="success"} 1.0' in text
+
+
+# --- one keep-alive connection, several callers (the per-connection token memo) ---------------
+
+
+async def test_tokens_alternating_on_one_connection_each_get_their_own_identity(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP
+) -> None:
+    """Behind a proxy one connection carries many callers: the memo of the last token must never
+    hand one caller's identity to the next, nor accept a near-copy of a token it has seen."""
+    alice, bob = idp.mint(sub="alice"), idp.mint(sub="bob")
+    tampered = alice[:-2] + ("AA" if not alice.endswith("AA") else "BB")  # same length, bad signature
+    async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as client:
+        answers = []
+        for token in (alice, bob, alice, tampered, alice, bob):
+            response = await client.get("/books", headers={"Authorization": f"Bearer {token}"})
+            answers.append(response.status_code)
+    assert answers == [200, 200, 200, 401, 200, 200]
+    assert [seen.header("x-auth-request-user") for seen in upstream.seen] == [
+        "alice",
+        "bob",
+        "alice",
+        "alice",
+        "bob",
+    ]
