@@ -24,6 +24,8 @@ WORKDIR /src
 # (tests/test_deploy.py builds the wheel from exactly these files.)
 COPY pyproject.toml README.md ./
 COPY authcar/ authcar/
+COPY examples/book-service/book_service/ examples/book-service/book_service/
+COPY policies/ policies/
 # The cache mount keeps pip's download cache between builds without putting it in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --wheel-dir /wheels .

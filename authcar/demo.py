@@ -22,11 +22,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, TypeVar
+from types import MappingProxyType, ModuleType
+from typing import TypeVar
 
 import httpx
 import uvicorn
@@ -126,7 +126,7 @@ class RunningDemo:
     issuer: devissuer.DevIssuer
     sidecar: Service
     books: uvicorn.Server
-    parts: Mapping[str, asyncio.Task[None]]  # part name -> the task that serves it
+    parts: Mapping[str, Task]  # part name -> the task that serves it
 
 
 def demo_policy_dir() -> Path:
@@ -142,7 +142,7 @@ def demo_policy_dir() -> Path:
     raise DemoError("the demo policy is missing from this installation of authcar; reinstall it")
 
 
-def import_book_service() -> Any:
+def import_book_service() -> ModuleType:
     try:
         return importlib.import_module("book_service")
     except ModuleNotFoundError as exc:
@@ -178,9 +178,10 @@ def sidecar_settings(
 
 
 @contextlib.asynccontextmanager
-async def serving_books(sock: socket.socket, jwks_url: str) -> AsyncIterator[tuple[uvicorn.Server, Task]]:
+async def serving_books(
+    book_service: ModuleType, sock: socket.socket, jwks_url: str
+) -> AsyncIterator[tuple[uvicorn.Server, Task]]:
     """The book service (in-memory database) on a bound localhost socket; yields its server and task."""
-    book_service = import_book_service()
     settings = book_service.Settings(port=sock.getsockname()[1], jwks_url=jwks_url, log_level="warning")
     if problems := settings.problems():
         raise DemoError(f"book service: {'; '.join(problems)}")
@@ -231,7 +232,7 @@ async def serving_sidecar(settings: Settings, listeners: Listeners) -> AsyncIter
 async def running_demo(port: int, admin_port: int) -> AsyncIterator[RunningDemo]:
     """Start the issuer, the book service and the sidecar; stop them in reverse order on exit."""
     policy_dir = demo_policy_dir()
-    import_book_service()  # fail before anything starts, not halfway
+    book_service = import_book_service()  # before anything starts, not halfway
     async with contextlib.AsyncExitStack() as stack:
         issuer = await stack.enter_async_context(devissuer.serving())
         books_socket = stack.enter_context(contextlib.closing(bind("127.0.0.1", 0)))
@@ -243,7 +244,7 @@ async def running_demo(port: int, admin_port: int) -> AsyncIterator[RunningDemo]
         stack.callback(listeners.close)
         public = f"http://127.0.0.1:{listeners.public_port}"
         books, books_task = await stack.enter_async_context(
-            serving_books(books_socket, f"{public}/.well-known/authcar/jwks.json")
+            serving_books(book_service, books_socket, f"{public}/.well-known/authcar/jwks.json")
         )
         sidecar, sidecar_task = await stack.enter_async_context(serving_sidecar(settings, listeners))
         yield RunningDemo(
@@ -311,14 +312,12 @@ async def wait_ready(admin: str, stop: asyncio.Event) -> bool:
     return False
 
 
-async def serve_demo(
-    port: int, admin_port: int, stop: asyncio.Event, announce: Callable[[str], None] = print
-) -> None:
+async def serve_demo(port: int, admin_port: int, stop: asyncio.Event) -> None:
     async with running_demo(port, admin_port) as demo:
         if await supervise(demo.parts, wait_ready(demo.urls.admin, stop)):
-            announce(instructions(demo.urls, demo.issuer))
+            print(instructions(demo.urls, demo.issuer), flush=True)
             await supervise(demo.parts, stop.wait())
-        announce("\nauthcar demo: stopping")
+        print("\nauthcar demo: stopping", flush=True)
 
 
 def instructions(urls: DemoUrls, issuer: devissuer.DevIssuer) -> str:
@@ -362,7 +361,7 @@ def run_demo(port: int = 4180, admin_port: int = 9901) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
-        await serve_demo(port, admin_port, stop, lambda text: print(text, flush=True))
+        await serve_demo(port, admin_port, stop)
 
     try:
         asyncio.run(main())
