@@ -1,14 +1,19 @@
 """Authorization: Casbin policies from a mounted directory, decided without scanning every rule.
 
 The pieces, each in its own module:
-    engine.py    compile a model and policy into a `CompiledPolicy` whose decisions agree with
-                 `casbin.Enforcer` but cost the same at 10 rules and at 10,000
-    reload.py    read the policy directory, check a new version in full, swap it in atomically;
-                 watch the directory (ConfigMap `..data` swaps) and reload on SIGHUP
-    testing.py   `authcar policy test`: YAML cases run against a policy directory
+    engine.py     compile a model and policy into a `CompiledPolicy` whose decisions agree with
+                  `casbin.Enforcer` but cost the same at 10 rules and at 10,000
+    matcher.py    the model's matcher turned into a Python function once per policy
+    functions.py  Casbin's matcher functions, each pattern prepared once per rule
+    regex.py      Python `re` where backtracking is provably linear, RE2 otherwise
+    index.py      the trie of path segments that picks candidate rules
+    roles.py      which roles a subject reaches through `g` lines
+    reload.py     read the policy directory, check a new version in full, swap it in atomically;
+                  watch the directory (ConfigMap `..data` swaps) and reload on SIGHUP
+    testing.py    `authcar policy test`: YAML cases run against a policy directory
 
 What they share is defined here: the request the policy sees, the decision it gives, the error a
-bad policy raises.
+bad policy raises, and `authorize`, the one way the sidecar and `authcar policy test` decide.
 """
 
 from __future__ import annotations
@@ -61,7 +66,9 @@ class Decision:
     # The policy line that decided (Casbin's explain): the matching allow rule, or the deny rule that
     # refused. Empty when no rule matched (the default deny).
     rule: tuple[str, ...]
-    reason: str  # "allowed", "no_matching_rule", "denied_by_rule"
+    # "allowed", "no_matching_rule", "denied_by_rule", "subject_looks_like_role", or "error" (a bug in
+    # the engine: a denial)
+    reason: str
     policy_version: str
 
 

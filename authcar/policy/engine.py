@@ -84,12 +84,25 @@ class CompiledPolicy:
     ) -> None:
         self.version = version
         self.rule_count = len(rules)
+        # Which request values narrow the candidates ("subject", "path", "method"); empty: every
+        # decision evaluates every rule (worth a warning in the logs for large policies).
+        self.indexed_by = tuple(
+            name
+            for name, hint in (
+                ("subject", program.subject),
+                ("path", program.path),
+                ("method", program.method),
+            )
+            if hint is not None
+        )
         self._rules = rules
         self._effect = effect
         self._groups = groups
         self._single_group = groups.get(None) if program.subject is None else None
         self._roles = roles
-        self._needs_roles = program.uses_request_roles or (program.subject is not None and program.subject.function == "g")
+        self._needs_roles = program.uses_request_roles or (
+            program.subject is not None and program.subject.function == "g"
+        )
         self._subject_by_roles = program.subject is not None and program.subject.function == "g"
         self._method_indexed = program.method is not None
         fields = [REQUEST_FIELDS[token] for token in program.request_tokens]
@@ -98,14 +111,8 @@ class CompiledPolicy:
             getter if len(fields) > 1 else lambda request: (getter(request),)
         )
         # [path settled by the index][method settled by the index] -> what is left to evaluate
-        skip_path = {program.path.conjunct} if program.path is not None else set()
-        skip_method = {program.method.conjunct} if program.method is not None else set()
-        skip_subject = {program.subject.conjunct} if program.subject is not None else set()
         self._residuals = [
-            [
-                program.residual(frozenset(skip_subject | (skip_path if path else set()) | (skip_method if method else set())))
-                for method in (False, True)
-            ]
+            [program.residual(_settled(program, path=path, method=method)) for method in (False, True)]
             for path in (False, True)
         ]
         self._stop_on_allow = effect in _STOPS_ON_ALLOW
@@ -180,6 +187,12 @@ class CompiledPolicy:
         return Decision(False, (), "no_matching_rule", self.version)
 
 
+def _settled(program: MatcherProgram, *, path: bool, method: bool) -> frozenset[int]:
+    """The conjuncts a candidate is known to satisfy: its subject always, path and method when exact."""
+    hints = [program.subject, program.path if path else None, program.method if method else None]
+    return frozenset(hint.conjunct for hint in hints if hint is not None)
+
+
 def _outcome(evaluate: Callable[..., Any], values: tuple[Any, ...], rule: Rule, roles: Any) -> object:
     """True / False as Casbin reads the matcher's value, or _ERROR where Casbin would raise."""
     try:
@@ -188,8 +201,6 @@ def _outcome(evaluate: Callable[..., Any], values: tuple[Any, ...], rule: Rule, 
         return _ERROR
     if result is True or result is False:
         return result
-    if isinstance(result, bool):
-        return bool(result)
     if isinstance(result, float):
         return result != 0
     return _ERROR  # Casbin: "matcher result should be bool, int or float"
@@ -208,7 +219,9 @@ def compile_policy(model_text: str, policy_text: str, *, version: str) -> Compil
     program: MatcherProgram | None = None
     if request_tokens is not None and policy_tokens is not None:
         try:
-            program = compile_matcher(model["m"]["m"].value, request_tokens, policy_tokens, frozenset(role_names))
+            program = compile_matcher(
+                model["m"]["m"].value, request_tokens, policy_tokens, frozenset(role_names)
+            )
         except MatcherError as exc:
             problems.append(f"model: matcher: {exc}")
 
@@ -237,7 +250,12 @@ def _load_model(text: str, problems: list[str]) -> Model | None:
         problems.append(f"model: cannot parse: {exc}")
         return None
     complete = True
-    for section, name in (("r", "request_definition"), ("p", "policy_definition"), ("e", "policy_effect"), ("m", "matchers")):
+    for section, name in (
+        ("r", "request_definition"),
+        ("p", "policy_definition"),
+        ("e", "policy_effect"),
+        ("m", "matchers"),
+    ):
         definitions = model[section] or {}
         if section not in definitions:
             problems.append(f"model: [{name}] must define {section} = ...")
@@ -253,7 +271,8 @@ def _request_tokens(model: Model, problems: list[str]) -> list[str] | None:
     unknown = [token for token in tokens if token not in REQUEST_FIELDS]
     if unknown:
         problems.append(
-            f"model: request_definition: unknown token(s) {', '.join(unknown)} (available: {', '.join(REQUEST_FIELDS)})"
+            f"model: request_definition: unknown token(s) {', '.join(unknown)} "
+            f"(available: {', '.join(REQUEST_FIELDS)})"
         )
     if len(set(tokens)) != len(tokens):
         problems.append("model: request_definition names a token twice")
@@ -275,7 +294,8 @@ def _role_definitions(model: Model, problems: list[str]) -> list[str]:
     for name, assertion in (model["g"] or {}).items():
         if [part.strip() for part in assertion.value.split(",")] != ["_", "_"]:
             problems.append(
-                f"model: role_definition {name} = {assertion.value}: only `_, _` is supported (no domains or conditions)"
+                f"model: role_definition {name} = {assertion.value}: "
+                "only `_, _` is supported (no domains or conditions)"
             )
         else:
             names.append(name)
@@ -316,7 +336,8 @@ def _read_policy(
                 continue
             if len(fields) != len(policy_tokens):
                 problems.append(
-                    f"policy line {number}: {len(fields)} fields, the policy_definition has {len(policy_tokens)} "
+                    f"policy line {number}: {len(fields)} fields, "
+                    f"the policy_definition has {len(policy_tokens)} "
                     f"({', '.join(policy_tokens)})"
                 )
                 continue
@@ -329,7 +350,9 @@ def _read_policy(
             rules.append((Rule(fields, eft is not None and fields[eft] == "deny"), number))
         elif kind in role_names:
             if len(fields) != 2:
-                problems.append(f"policy line {number}: {kind} takes 2 fields (user, role), not {len(fields)}")
+                problems.append(
+                    f"policy line {number}: {kind} takes 2 fields (user, role), not {len(fields)}"
+                )
                 continue
             links.setdefault(kind, []).append((fields[0], fields[1]))
         else:

@@ -112,11 +112,9 @@ def key_match4(key2: str) -> Prepared:
             return False
         if len(tokens) != len(values):
             raise ValueError("KeyMatch4: number of tokens is not equal to number of values")
+        # A name used twice must have matched the same text both times.
         seen: dict[str, Any] = {}
-        for name, value in zip(tokens, values, strict=True):
-            if seen.setdefault(name, value) != value:
-                return False
-        return True
+        return all(seen.setdefault(name, value) == value for name, value in zip(tokens, values, strict=True))
 
     return matches
 
@@ -155,7 +153,9 @@ def glob_match(pattern: str) -> Prepared:
     if any(segment != "**" and len(_STAR_RUN.findall(segment)) > 1 for segment in segments):
         raise PatternError("more than one `*` in a segment (its matching time could grow without bound)")
     try:
-        matcher = glob.compile(glob_pattern(pattern), flags=glob.GLOBSTAR | glob.BRACE, limit=GLOB_PATTERN_LIMIT)
+        matcher = glob.compile(
+            glob_pattern(pattern), flags=glob.GLOBSTAR | glob.BRACE, limit=GLOB_PATTERN_LIMIT
+        )
     except Exception as exc:
         raise PatternError(f"not a valid glob ({exc})") from None
     return matcher.match

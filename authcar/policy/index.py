@@ -161,7 +161,9 @@ def _is_parameter(op: Any, value: Any) -> bool:
 
 def _is_anything(op: Any, value: Any) -> bool:
     op, value = _unwrap(op, value)
-    return op in _REPEATS and value[0] == 0 and value[1] == sre.MAXREPEAT and list(value[2]) == [(sre.ANY, None)]
+    return (
+        op in _REPEATS and value[0] == 0 and value[1] == sre.MAXREPEAT and list(value[2]) == [(sre.ANY, None)]
+    )
 
 
 class PathNode:
@@ -196,7 +198,9 @@ class PathIndex:
                 node = node.children.setdefault(segment, PathNode())
         self.depth = max(self.depth, len(where.segments))
         entry = rule << 1 | (exact and where.shape is not Shape.PARTIAL)
-        {Shape.TERMINAL: node.terminal, Shape.REST: node.rest, Shape.PARTIAL: node.partial}[where.shape].append(entry)
+        {Shape.TERMINAL: node.terminal, Shape.REST: node.rest, Shape.PARTIAL: node.partial}[
+            where.shape
+        ].append(entry)
         self.entries.append(rule << 1)
 
     def collect(self, path: str, out: list[int]) -> None:

@@ -38,7 +38,9 @@ REQUEST_FIELDS: dict[str, str] = {
     "src": "source",
 }
 # simpleeval refuses these attribute names outright.
-_FORBIDDEN_ATTRIBUTES = frozenset({"format", "format_map", "mro", "tb_frame", "gi_frame", "ag_frame", "cr_frame"})
+_FORBIDDEN_ATTRIBUTES = frozenset(
+    {"format", "format_map", "mro", "tb_frame", "gi_frame", "ag_frame", "cr_frame"}
+)
 _FORBIDDEN_ATTRIBUTE_PREFIXES = ("_", "func_")
 # simpleeval tries getattr before indexing; where a JSON value has no such attribute, indexing is
 # the whole story and the generated code indexes directly.
@@ -47,7 +49,9 @@ _COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast
 _CONSTANT_TYPES = (str, int, float, bool, type(None))
 # Path and method functions the index understands (first argument the request's, second a field).
 PATH_FUNCTIONS = frozenset({"keyMatch", "keyMatch2", "keyMatch3", "keyMatch4", "regexMatch"})
-METHOD_FUNCTIONS = frozenset({"keyMatch", "keyMatch2", "keyMatch3", "keyMatch4", "keyMatch5", "regexMatch", "globMatch"})
+METHOD_FUNCTIONS = frozenset(
+    {"keyMatch", "keyMatch2", "keyMatch3", "keyMatch4", "keyMatch5", "regexMatch", "globMatch"}
+)
 EQUALS = "=="
 
 
@@ -139,7 +143,9 @@ def compile_matcher(
 ) -> MatcherProgram:
     """Compile the model's `m` value (as the model parser left it); raises MatcherError."""
     program = MatcherProgram(tuple(request_tokens), tuple(policy_tokens), role_names)
-    program.namespace.update({"__builtins__": {}, "__evals__": {}, "__prepared__": {}, "_attr": claim_attribute})
+    program.namespace.update(
+        {"__builtins__": {}, "__evals__": {}, "__prepared__": {}, "_attr": claim_attribute}
+    )
     tree = _parse(casbin_expression(text))
     conjuncts = _flatten_and(tree)
     translator = _Translator(program)
@@ -174,7 +180,11 @@ def _prepare_cached(namespace: dict[str, Any], function: PatternFunction, patter
 
 def _function(body: ast.expr, parameters: tuple[str, ...], namespace: dict[str, Any]) -> Callable[..., Any]:
     arguments = ast.arguments(
-        posonlyargs=[], args=[ast.arg(arg=name) for name in parameters], kwonlyargs=[], kw_defaults=[], defaults=[]
+        posonlyargs=[],
+        args=[ast.arg(arg=name) for name in parameters],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
     )
     definition = ast.FunctionDef(
         name="matcher", args=arguments, body=[ast.Return(value=body)], decorator_list=[], returns=None
@@ -277,7 +287,9 @@ class _Translator:
         self._require_claims(node)
         if not isinstance(node.slice, ast.Constant) or not isinstance(node.slice.value, str | int):
             raise MatcherError(f"only a literal key may be used in {ast.unparse(node)!r}")
-        return ast.Subscript(value=self.translate(node.value), slice=ast.Constant(node.slice.value), ctx=ast.Load())
+        return ast.Subscript(
+            value=self.translate(node.value), slice=ast.Constant(node.slice.value), ctx=ast.Load()
+        )
 
     def _require_claims(self, node: ast.Attribute | ast.Subscript) -> None:
         root: ast.expr = node
@@ -333,7 +345,11 @@ class _Translator:
     def _eval_call(self, node: ast.Call) -> ast.expr:
         if self.rule_values is not None:
             raise MatcherError("eval() inside an eval() rule is not supported")
-        if len(node.args) != 1 or not isinstance(node.args[0], ast.Name) or not node.args[0].id.startswith("p_"):
+        if (
+            len(node.args) != 1
+            or not isinstance(node.args[0], ast.Name)
+            or not node.args[0].id.startswith("p_")
+        ):
             raise MatcherError(f"eval() takes one policy field, as in eval(p.rule): {ast.unparse(node)!r}")
         self.translate(node.args[0])
         site = self._add_site(Site(None, self.program.policy_tokens.index(node.args[0].id[2:])))
@@ -362,7 +378,9 @@ def _find_hints(program: MatcherProgram, conjuncts: list[ast.expr], site_of_call
             return policy.index(node.id[2:])
         return None
 
-    def compared(number: int, node: ast.expr, request_token: str, functions: frozenset[str]) -> IndexHint | None:
+    def compared(
+        number: int, node: ast.expr, request_token: str, functions: frozenset[str]
+    ) -> IndexHint | None:
         request_name = "r_" + request_token
         if request_token not in program.request_tokens:
             return None

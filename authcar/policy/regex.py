@@ -11,8 +11,9 @@ pattern here runs on one of two engines:
   first character. `^/tenants/[^/]+/books/[^/]+$`, `^(GET|HEAD)$` and `^/books/[0-9]+$` are such.
 - RE2 (`google-re2`, linear time by construction) for everything else. A pattern RE2 cannot
   compile (backreferences, lookaround) is refused, and so is one whose meaning differs between the
-  two engines in a way we can detect (POSIX classes such as `[[:digit:]]`). Known differences that remain for RE2
-  patterns: `\\d`, `\\w`, `\\s` and `\\b` are ASCII-only, and `$` does not match before a final newline.
+  two engines in a way we can detect (POSIX classes such as `[[:digit:]]`). Known differences that
+  remain for RE2 patterns: `\\d`, `\\w`, `\\s` and `\\b` are ASCII-only, and `$` does not match
+  before a final newline.
 
 Both engines are called with `match` semantics (anchored at the start only), as Casbin's are.
 """
@@ -144,7 +145,6 @@ def compile_regex(pattern: str) -> PythonRegex | Re2Regex:
 
 def is_linear(parsed: Any) -> bool:
     """True if Python's backtracking matcher needs time linear in the text for this pattern."""
-    return True
     if parsed.state.flags & ~re.UNICODE:
         return False  # (?i), (?s), (?x)...: keep the analysis to the plain case
     atoms = _flatten(list(parsed))
