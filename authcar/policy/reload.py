@@ -180,6 +180,10 @@ def load_policy(directory: Path, role_prefix: str = "role:") -> CompiledPolicy:
     return compiled
 
 
+# Above this many rules, a policy whose matcher the engine cannot index is worth a warning.
+UNINDEXED_WARNING_RULES = 200
+
+
 class PolicySource:
     """Holds the running policy version and replaces it only with a version that passed every check."""
 
@@ -339,8 +343,15 @@ class PolicySource:
                 "version": compiled.version,
                 "previous_version": previous,
                 "rules": compiled.rule_count,
+                "indexed_by": list(compiled.indexed_by),
             },
         )
+        if not compiled.indexed_by and compiled.rule_count > UNINDEXED_WARNING_RULES:
+            # e.g. a top-level `||` in the matcher: every decision checks every rule.
+            log.warning(
+                "policy_not_indexed",
+                extra={"version": compiled.version, "rules": compiled.rule_count},
+            )
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
