@@ -134,6 +134,10 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().on_url(url)
             if len(self.url) > self.head_limits.max_head_bytes:
                 raise self.fail(URITooLong())
+            if b"#" in url:
+                # The parser drops a fragment from the path it reports; a client never sends one, so
+                # refuse it rather than authorize and forward a path shorter than what was sent.
+                raise self.fail(BadRequest("the request target contains '#'", code="invalid_path_character"))
 
         def on_header(self, name: bytes, value: bytes) -> None:
             # Exact size of what was parsed, for heads that arrived whole in one read.
