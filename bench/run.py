@@ -234,6 +234,8 @@ def authcar_env(
         AUTHCAR_ADMIN_HOST="127.0.0.1",
         AUTHCAR_UPSTREAM=upstream_url,
         AUTHCAR_ALLOW_ANONYMOUS="true",
+        # Every caller allowed: the scenarios measure the pipeline, with one policy decision each.
+        AUTHCAR_POLICY_DIR=str(REPO_DIR / "tests" / "policies" / "allow-all"),
         AUTHCAR_WORKERS="1",
         AUTHCAR_LOG_LEVEL="info" if logged else "warning",
         # The per-request JSON line is its own switch; events follow the log level.
