@@ -393,22 +393,24 @@ async def test_client_identity_headers_never_reach_the_upstream(
         (n, v)
         for n, v in seen.headers
         if n.lower() != "x-auth-request-jwt"
-        and re.sub(r"[_.]", "-", n.lower()).startswith(("x-auth-request-", "x-authcar-"))
-        or re.sub(r"[_.]", "-", n.lower())
-        in {
-            "x-forwarded-user",
-            "x-forwarded-email",
-            "x-forwarded-groups",
-            "x-remote-user",
-            "remote-user",
-            "x-original-url",
-            "x-rewrite-url",
-            "x-forwarded-uri",
-            "x-original-uri",
-            "x-forwarded-prefix",
-            "x-http-method-override",
-            "x-method-override",
-        }
+        and (
+            re.sub(r"[_.]", "-", n.lower()).startswith(("x-auth-request-", "x-authcar-"))
+            or re.sub(r"[_.]", "-", n.lower())
+            in {
+                "x-forwarded-user",
+                "x-forwarded-email",
+                "x-forwarded-groups",
+                "x-remote-user",
+                "remote-user",
+                "x-original-url",
+                "x-rewrite-url",
+                "x-forwarded-uri",
+                "x-original-uri",
+                "x-forwarded-prefix",
+                "x-http-method-override",
+                "x-method-override",
+            }
+        )
     ]
     assert leaked == []
     assert len(seen.all("x-auth-request-jwt")) == 1
