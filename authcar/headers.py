@@ -61,40 +61,9 @@ CLIENT_IP_NAMES = frozenset(
     }
 )
 
-# Headers whose only purpose is to tell the application who the caller is. Only the sidecar may set
-# them; whatever the client sent under these names (in any spelling) is removed.
-IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-")
-IDENTITY_NAMES = frozenset(
-    {
-        b"x-forwarded-user",
-        b"x-forwarded-email",
-        b"x-forwarded-groups",
-        b"x-forwarded-preferred-username",
-        b"x-forwarded-access-token",
-        b"x-remote-user",
-        b"remote-user",
-        b"x-user",
-        b"x-email",
-        b"x-userinfo",
-        b"x-id-token",
-        b"x-access-token",
-        # Path-override headers: frameworks that honour them would route on a path the policy never saw.
-        b"x-original-url",
-        b"x-rewrite-url",
-        b"x-original-uri",
-        b"x-forwarded-uri",
-        b"x-forwarded-path",
-        b"x-forwarded-prefix",
-        b"x-envoy-original-path",
-        # Method-override headers: the application would run a method the policy never saw.
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
-    }
-)
-
-# Names in IDENTITY_NAMES that change what the application routes or runs rather than saying who is
-# calling: never a target for a claim header (a user-editable claim would become a path override).
+# Headers that change what the application routes or runs: frameworks that honour them would route
+# on a path, or run a method, the policy never saw. Never a target for a claim header either (a
+# user-editable claim would become a path override).
 REQUEST_OVERRIDE_NAMES = frozenset(
     {
         b"x-original-url",
@@ -109,6 +78,25 @@ REQUEST_OVERRIDE_NAMES = frozenset(
         b"x-method-override",
     }
 )
+
+# Headers whose only purpose is to tell the application who the caller is, and the overrides above.
+# Only the sidecar may set them; whatever the client sent under these names (in any spelling) is
+# removed.
+IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-")
+IDENTITY_NAMES = REQUEST_OVERRIDE_NAMES | {
+    b"x-forwarded-user",
+    b"x-forwarded-email",
+    b"x-forwarded-groups",
+    b"x-forwarded-preferred-username",
+    b"x-forwarded-access-token",
+    b"x-remote-user",
+    b"remote-user",
+    b"x-user",
+    b"x-email",
+    b"x-userinfo",
+    b"x-id-token",
+    b"x-access-token",
+}
 # Request headers the rules above frame, re-derive or read themselves: never a claim header either.
 FRAMING_NAMES = REQUEST_DROP | FORWARDING | CLIENT_IP_NAMES | {b"content-length", b"x-request-id"}
 
