@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import watchfiles
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
+
+from authcar.background import watch_directories
 
 __all__ = ["CertificateStore", "ClientCertificate", "EventSink", "TLSConfigError", "client_certificate"]
 
@@ -195,23 +196,22 @@ class CertificateStore:
         Every ``poll_interval`` seconds without events we reload anyway (a no-op when nothing
         changed) to cover layouts inotify cannot follow; if watching fails we only poll.
         """
-        stop = stop_event if stop_event is not None else asyncio.Event()
-        try:
-            async for _changes in watchfiles.awatch(
-                *self._sources.watch_dirs(),
-                watch_filter=None,  # the default filter is for source trees; every entry matters here
-                recursive=False,
-                step=settle_ms,
-                debounce=max(2_000, settle_ms),
-                rust_timeout=max(1, round(poll_interval * 1000)),
-                yield_on_timeout=True,
-                stop_event=stop,
-            ):
-                self.reload()
-        except (OSError, RuntimeError) as exc:  # directory gone, inotify limits exhausted, ...
+
+        async def reload() -> None:
+            self.reload()
+
+        def watch_failed(exc: Exception) -> None:
             # Logged rather than emitted: on_event carries reload outcomes only (metrics count them).
             _log.warning("cannot watch TLS files (%s); polling every %ss instead", exc, poll_interval)
-            await self._poll(stop, poll_interval)
+
+        await watch_directories(
+            self._sources.watch_dirs(),
+            reload,
+            watch_failed,
+            stop=stop_event if stop_event is not None else asyncio.Event(),
+            poll_interval=poll_interval,
+            settle_ms=settle_ms,
+        )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -230,13 +230,6 @@ class CertificateStore:
             self._attempted = attempt
             self._emit("tls_reload_failed", {"cert_file": str(self._sources.cert_file), "error": error})
         return False
-
-    async def _poll(self, stop: asyncio.Event, interval: float) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if not stop.is_set():
-                self.reload()
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
         # A broken sink must not break reloading (or kill the watcher).

@@ -19,7 +19,6 @@ identity of each file) before and after reading, and reads again if anything mov
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -29,8 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-import watchfiles
-
+from authcar.background import watch_directories
 from authcar.identity import ANONYMOUS, Identity
 from authcar.policy import MODEL_FILE, POLICY_FILE, PolicyError, policy_request
 from authcar.policy.engine import CompiledPolicy, compile_policy
@@ -264,26 +262,25 @@ class PolicySource:
         the fingerprint is checked anyway, for filesystems inotify cannot follow; if watching fails
         altogether, only polling remains.
         """
-        stop = stop_event if stop_event is not None else asyncio.Event()
-        try:
-            async for _changes in watchfiles.awatch(
-                self.watched,
-                watch_filter=None,  # the default filter ignores dot-files, and `..data` is one
-                recursive=False,
-                step=settle_ms,
-                debounce=max(2_000, settle_ms),
-                rust_timeout=max(1, round(poll_interval * 1000)),
-                yield_on_timeout=True,
-                stop_event=stop,
-            ):
-                # Compiling a large policy takes a while; the event loop keeps serving meanwhile.
-                await asyncio.to_thread(self.reload_if_changed)
-        except (OSError, RuntimeError) as exc:  # directory gone, inotify limits exhausted, ...
+
+        async def reload() -> None:
+            # Compiling a large policy takes a while; the event loop keeps serving meanwhile.
+            await asyncio.to_thread(self.reload_if_changed)
+
+        def watch_failed(exc: Exception) -> None:
             log.warning(
                 "policy_watch_failed",
                 extra={"policy_dir": str(self.directory), "error": str(exc), "poll_interval": poll_interval},
             )
-            await self._poll(stop, poll_interval)
+
+        await watch_directories(
+            [self.watched],
+            reload,
+            watch_failed,
+            stop=stop_event if stop_event is not None else asyncio.Event(),
+            poll_interval=poll_interval,
+            settle_ms=settle_ms,
+        )
 
     def readiness(self) -> tuple[bool, str]:
         """Ready while a good policy serves, even after a failed reload: the body says it failed.
@@ -360,10 +357,3 @@ class PolicySource:
     def _set_success(self, ok: bool) -> None:
         if self.metrics is not None:
             self.metrics.policy_last_reload_success.set(1 if ok else 0)
-
-    async def _poll(self, stop: asyncio.Event, interval: float) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if not stop.is_set():
-                await asyncio.to_thread(self.reload_if_changed)
