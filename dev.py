@@ -3,6 +3,8 @@
 
     python3 dev.py demo                 run the demo
     python3 dev.py test [pytest args]   run the test suite (default: all of it)
+    python3 dev.py fuzz [pytest args]   the property tests (marker `property`) with the long
+                                        Hypothesis profile "fuzz" and no per-test timeout
     python3 dev.py lint                 ruff check + ruff format --check
 
 The first run creates .venv and installs the project (editable) with its dev extras;
@@ -83,12 +85,17 @@ def main(argv: list[str]) -> int:
         print("usage:\n" + USAGE, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
-    if command not in ("demo", "test", "lint"):
-        die(f"unknown command {command!r}; use demo, test or lint")
+    if command not in ("demo", "test", "fuzz", "lint"):
+        die(f"unknown command {command!r}; use demo, test, fuzz or lint")
     ensure_venv()
     if command == "test":
         print(f"dev.py: Python {venv_python_version()}, venv {VENV}", flush=True)
         exec_in_venv("python", "-m", "pytest", *args)
+    if command == "fuzz":
+        # tests/conftest.py loads the profile named here; the examples database keeps what it finds.
+        os.environ["AUTHCAR_HYPOTHESIS_PROFILE"] = "fuzz"
+        print(f"dev.py: Python {venv_python_version()}, Hypothesis profile fuzz", flush=True)
+        exec_in_venv("python", "-m", "pytest", "-m", "property", "-o", "timeout=0", *args)
     if command == "demo":
         exec_in_venv("authcar", "demo", *args)
     # lint: run both, so one run reports everything.
