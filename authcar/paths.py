@@ -7,12 +7,14 @@ for. Input whose meaning depends on who parses it is rejected, never guessed at:
 
 - the path starts with `/` (origin-form);
 - raw bytes are printable ASCII other than `#`, `?`, `\\` and `;`;
-- every `%` is followed by two hex digits, and the encoded bytes of a segment are valid UTF-8;
+- every `%` is followed by two hex digits, and the encoded bytes of a segment are valid UTF-8
+  (strictly: overlong forms such as `%C0%AE` are refused);
 - encodings of unreserved characters (ALPHA DIGIT `-._~`) are decoded, all other encodings are
   kept with uppercase hex (`%c3%a9` -> `%C3%A9`);
 - no encoded `/` or `\\`, no encoded control character (C0, DEL, C1), no `;` raw or encoded,
   no `%25` followed by two hex digits (double encoding);
 - no `.` or `..` segment (after decoding, so `%2e%2E` counts); they are rejected, not resolved;
+- no encoded character that an application may read as ASCII (see "Unicode" below);
 - repeated slashes are merged (`//a///b` -> `/a/b`); a trailing slash is kept.
 
 Rejections are `BadRequest` (400) with one of these stable codes:
@@ -24,7 +26,29 @@ Rejections are `BadRequest` (400) with one of these stable codes:
     encoded_control           an encoded control character (`%00`-`%1F`, `%7F`, `%C2%80`-`%C2%9F`)
     path_parameter            `;` or `%3B`
     double_encoding           `%25` followed by two hex digits
-    dot_segment               a `.` or `..` segment, raw or encoded
+    dot_segment               a `.` or `..` segment, raw or encoded, or an encoded look-alike of `.`
+    unicode_lookalike         an encoded character that an application may read as other ASCII
+    (and `encoded_slash` for look-alikes of `/` and `\\`, `encoded_control` for invisible ones)
+
+Unicode: some applications normalise a path before they route it (NFKC or NFKD, case-insensitive
+matching, ASCII folding, Windows "best fit" code pages), and would read `%EF%BC%8E%EF%BC%8E`
+(fullwidth full stops, U+FF0E) as `..`, `%E2%88%95` (division slash) as `/`, or fullwidth `admin`
+as `admin`. So every encoded non-ASCII character is vetted, as a class rather than a list:
+
+- its NFKC form (NFKD holds the same ASCII) contains `/` or `\\`, or it is one of the slash
+  look-alikes that ASCII folding or best-fit code pages map (division and fraction slash, set
+  minus, solidus operators, box diagonals, yen and won signs) -> encoded_slash;
+- its NFKC form contains `.` (one and two dot leaders, fullwidth and small full stops, ellipsis,
+  digit full stops) -> dot_segment;
+- its NFKC form, or its one-character upper or lower case, contains any other ASCII character
+  (fullwidth letters, ligatures, superscripts, long s -> `S`, Kelvin sign -> `k`) -> unicode_lookalike;
+- it is invisible: a format character (soft hyphen, zero-width space, bidi controls, BOM, tags),
+  a Hangul filler or the combining grapheme joiner -> encoded_control; the zero-width joiner and
+  non-joiner are allowed between non-ASCII characters (Persian, Indic scripts, emoji) only;
+
+and a segment that, without its combining marks and with the ideographic full stops that IDNA and
+ASCII folding map to `.`, reads `.` or `..` is a dot_segment.
+Non-ASCII text otherwise passes: `caf%C3%A9`, CJK, emoji, decomposed accents (`e%CC%81`).
 
 Public paths (`AUTHCAR_PUBLIC_PATHS`) are rules on that normalised path and the method only; the
 query string never takes part.
@@ -34,8 +58,10 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from authcar.errors import BadRequest
 
@@ -70,6 +96,27 @@ def _hex_table() -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
 
 
 _DECODED, _REJECTED = _hex_table()
+# Look-alikes of `/` and `\` that NFKC leaves alone but ASCII folding (unidecode, ICU transliterators)
+# or Windows best-fit code pages map: `¥` and `₩` are the backslash of code pages 932 and 949.
+_SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u29f5\u29f8\u29f9\u2571\u2572\u27cb\u27cd\u00a5\u20a9")
+# The ideographic full stops, which IDNA (UTS #46) and ASCII folding read as `.`, but which end
+# every Japanese and Chinese sentence: refused only when a segment is made of them (a dot segment).
+# Characters that merely look like a dot (the Arabic-Indic zero) are no one's `.` and pass.
+_DOT_LIKE = frozenset("\u3002\uff61\ufe12")
+# What a segment that reads as a dot segment must contain: `.` or one of those, percent-encoded.
+_DOT_SEGMENT_PARTS = re.compile(r"\.|%E3%80%82|%EF%BD%A1|%EF%B8%92")
+# Invisible characters outside the format category (Cf): the combining grapheme joiner, Hangul
+# fillers, Mongolian variation selectors. The zero-width (non-)joiners are Cf, but Persian, Indic
+# scripts and emoji need them: they are allowed between two non-ASCII characters.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0\u180b\u180c\u180d\u180f")
+_JOINERS = frozenset("\u200c\u200d")
+# The characters whose one-character upper or lower case is ASCII (tests/test_paths.py enumerates
+# them): case-insensitive applications match them as ASCII. `İ` lower-cases to `i` and a combining
+# dot. (`ß` upper-cases to `SS`, which no matcher compares as one character.)
+_CASE_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
+_SLASHES = frozenset("/\\")
+_ASCII = re.compile("[\x00-\x7f]")
+
 # Runs of encoded non-ASCII bytes (the table has uppercased them); an ASCII byte, raw or encoded,
 # cannot sit inside a UTF-8 sequence, so each run must be valid UTF-8 on its own.
 _NON_ASCII_RUN = re.compile(r"(?:%[89A-F][0-9A-F])+")
@@ -138,17 +185,82 @@ def _decode_segment(segment: str) -> str:
         try:
             # Strict UTF-8 also refuses overlong forms such as `%C0%AE` ('.') and `%C0%AF` ('/'),
             # and leaves one reading of the bytes, whatever the application decodes them with.
-            bytes.fromhex(run.replace("%", "")).decode("utf-8")
+            text = bytes.fromhex(run.replace("%", "")).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest(
                 "percent-encoded bytes must be valid UTF-8", code="invalid_percent_encoding"
             ) from None
         if "%C2%" in run and _C1_CONTROL.search(run):
             raise BadRequest("the path contains an encoded control character", code="encoded_control")
+        _vet_characters(text)
+    if (
+        _DOT_SEGMENT_PARTS.search(decoded)
+        and _NON_ASCII_RUN.search(decoded)
+        and _reads_as_dot_segment(decoded)
+    ):
+        raise BadRequest(
+            "the path contains a segment that reads as '.' or '..' once normalised", code="dot_segment"
+        )
     # Checked after decoding: `%25%32%65` only becomes `%252e` once `%32%65` is decoded.
     if "%25" in decoded and _DOUBLE.search(decoded):
         raise BadRequest("the path is percent-encoded twice", code="double_encoding")
     return decoded
+
+
+def _vet_characters(text: str) -> None:
+    """Refuse a character of a run of encoded non-ASCII text that an application may read as ASCII,
+    or that is invisible."""
+    last = len(text) - 1
+    # Most text is in NFKC form (which holds no compatibility character), no case mapping of it
+    # yields ASCII and it has no slash look-alike: then only the category is left to check.
+    plain = (
+        unicodedata.is_normalized("NFKC", text)
+        and _SLASH_LOOKALIKES.isdisjoint(text)
+        and _CASE_TO_ASCII.isdisjoint(text)
+    )
+    for index, char in enumerate(text):
+        if not plain:
+            _vet_compatibility(char)
+        if char in _JOINERS:
+            invisible = index == 0 or index == last  # next to ASCII or at the segment's edge
+        else:
+            invisible = char in _INVISIBLE or unicodedata.category(char) == "Cf"
+        if invisible:
+            raise BadRequest(
+                f"the path contains an encoded invisible character (U+{ord(char):04X})",
+                code="encoded_control",
+            )
+
+
+def _vet_compatibility(char: str) -> None:
+    compatible = unicodedata.normalize("NFKC", char)
+    if char in _SLASH_LOOKALIKES or not _SLASHES.isdisjoint(compatible):
+        raise BadRequest(
+            f"the path contains an encoded look-alike of '/' or '\\' (U+{ord(char):04X})",
+            code="encoded_slash",
+        )
+    if "." in compatible:
+        raise BadRequest(
+            f"the path contains an encoded look-alike of '.' (U+{ord(char):04X})", code="dot_segment"
+        )
+    if _has_ascii(compatible) or char in _CASE_TO_ASCII:
+        raise BadRequest(
+            f"the path contains an encoded character that may be read as ASCII (U+{ord(char):04X})",
+            code="unicode_lookalike",
+        )
+
+
+def _has_ascii(text: str) -> bool:
+    return _ASCII.search(text) is not None
+
+
+def _reads_as_dot_segment(decoded: str) -> bool:
+    """Without combining marks, and with the dot-like characters as `.`, is the segment a dot segment?"""
+    text = unicodedata.normalize("NFKD", unquote(decoded, errors="strict"))
+    skeleton = "".join(
+        "." if char in _DOT_LIKE else char for char in text if not unicodedata.category(char).startswith("M")
+    )
+    return skeleton in (".", "..")
 
 
 # Public paths ------------------------------------------------------------------------------------

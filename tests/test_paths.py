@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -119,6 +120,48 @@ REJECTED = [
     (b"/%ED%A0%80", "invalid_percent_encoding"),
     (b"/%F4%90%80%80", "invalid_percent_encoding"),
     (b"/caf%E9", "invalid_percent_encoding"),
+    (b"/%C1%9C", "invalid_percent_encoding"),  # overlong '\\'
+    (b"/%F0%80%80%AE", "invalid_percent_encoding"),  # four-byte overlong '.'
+    # Unicode look-alikes of '.', '/' and '\\' (NFKC, ASCII folding, best-fit code pages)
+    (b"/public/%EF%BC%8E%EF%BC%8E/admin", "dot_segment"),  # fullwidth full stops
+    (b"/public/%ef%bc%8e%ef%bc%8e/admin", "dot_segment"),
+    (b"/public/%E2%80%A5/admin", "dot_segment"),  # two dot leader
+    (b"/public/%E2%80%A4%E2%80%A4/admin", "dot_segment"),  # one dot leader
+    (b"/public/.%E2%80%A4/admin", "dot_segment"),
+    (b"/public/%EF%B9%92/admin", "dot_segment"),  # small full stop
+    (b"/public/%E2%80%A6", "dot_segment"),  # ellipsis
+    (b"/a%E2%92%88b", "dot_segment"),  # digit one full stop: a '.' anywhere
+    (b"/public/%E3%80%82%E3%80%82/admin", "dot_segment"),  # ideographic full stops (IDNA: '.')
+    (b"/public/%EF%BD%A1./admin", "dot_segment"),  # halfwidth ideographic full stop
+    (b"/public/.%CC%81./admin", "dot_segment"),  # a dot with a combining accent
+    (b"/public%EF%BC%8Fadmin", "encoded_slash"),  # fullwidth solidus
+    (b"/public/..%EF%BC%8Fadmin", "encoded_slash"),
+    (b"/public%EF%BC%BCadmin", "encoded_slash"),  # fullwidth reverse solidus
+    (b"/public%EF%B9%A8admin", "encoded_slash"),  # small reverse solidus
+    (b"/public%E2%88%95admin", "encoded_slash"),  # division slash
+    (b"/public%E2%81%84admin", "encoded_slash"),  # fraction slash
+    (b"/public%E2%88%96admin", "encoded_slash"),  # set minus
+    (b"/public%E2%A7%B5admin", "encoded_slash"),  # reverse solidus operator
+    (b"/public%C2%A5admin", "encoded_slash"),  # yen sign: '\\' in code page 932
+    (b"/public%E2%82%A9admin", "encoded_slash"),  # won sign: '\\' in code page 949
+    (b"/%E2%84%80", "encoded_slash"),  # account of: 'a/c'
+    (b"/%EF%BD%81dmin", "unicode_lookalike"),  # fullwidth 'a'
+    (b"/%EF%BC%A1DMIN", "unicode_lookalike"),
+    (b"/adm%C4%B1n", "unicode_lookalike"),  # dotless i: upper case 'I'
+    (b"/%C5%BFecret", "unicode_lookalike"),  # long s: upper case 'S'
+    (b"/%E2%84%AAey", "unicode_lookalike"),  # Kelvin sign: lower case 'k'
+    (b"/%C4%B0d", "unicode_lookalike"),  # capital I with dot: lower case 'i' + a dot
+    (b"/%EF%AC%81le", "unicode_lookalike"),  # the 'fi' ligature
+    (b"/a%C2%A0b", "unicode_lookalike"),  # no-break space: NFKC ' '
+    (b"/x%C2%B2", "unicode_lookalike"),  # superscript two
+    (b"/adm%C2%ADin", "encoded_control"),  # soft hyphen
+    (b"/adm%E2%80%8Bin", "encoded_control"),  # zero-width space
+    (b"/adm%E2%80%8Cin", "encoded_control"),  # a zero-width non-joiner next to ASCII
+    (b"/%E2%80%8D", "encoded_control"),
+    (b"/a%E2%80%AEb", "encoded_control"),  # right-to-left override
+    (b"/a%EF%BB%BF", "encoded_control"),  # byte order mark
+    (b"/a%E1%85%9F", "encoded_control"),  # Hangul choseong filler
+    (b"/a%CD%8F", "encoded_control"),  # combining grapheme joiner
 ]
 
 
@@ -167,6 +210,15 @@ ACCEPTED = [
     (b"/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
     (b"/a|b/{c}/[d]/^`", "/a|b/{c}/[d]/^`"),
     (b"/A/Admin", "/A/Admin"),
+    # Non-ASCII text that no normalisation reads as ASCII passes, kept encoded
+    (b"/stra%C3%9Fe", "/stra%C3%9Fe"),  # 'ß' upper-cases to 'SS', which no matcher folds
+    (b"/%E6%97%A5%E6%9C%AC%E3%80%82", "/%E6%97%A5%E6%9C%AC%E3%80%82"),  # a Japanese sentence
+    (b"/%EF%BD%B1", "/%EF%BD%B1"),  # halfwidth katakana: NFKC is fullwidth katakana
+    (b"/%D9%A0%D9%A0", "/%D9%A0%D9%A0"),  # Arabic-Indic zeros look like '..', but read as digits
+    (b"/%DA%A9%D8%AA%D8%A7%D8%A8%E2%80%8C%D9%87%D8%A7", "/%DA%A9%D8%AA%D8%A7%D8%A8%E2%80%8C%D9%87%D8%A7"),
+    (b"/%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9", "/%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9"),  # emoji ZWJ
+    (b"/%E2%9D%A4%EF%B8%8F", "/%E2%9D%A4%EF%B8%8F"),  # a variation selector
+    (b"/l%C2%B7l", "/l%C2%B7l"),  # Catalan middle dot inside a word
 ]
 
 
@@ -278,6 +330,81 @@ def test_nothing_accepted_under_a_prefix_escapes_it(tail: bytes) -> None:
     # However the application decodes and resolves the path, it stays under /docs/.
     resolved = posixpath.normpath(unquote_to_bytes(out).decode("utf-8"))
     assert resolved == "/docs" or resolved.startswith("/docs/")
+
+
+# --- Unicode, the whole range --------------------------------------------------------------------
+
+LOOKALIKE_CODES = {"encoded_slash", "dot_segment"}
+
+
+def encoded(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+
+def every_code_point() -> list[str]:
+    return [chr(cp) for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF]
+
+
+def compatibility_forms(char: str) -> str:
+    return unicodedata.normalize("NFKC", char) + unicodedata.normalize("NFKD", char)
+
+
+def test_every_code_point_whose_compatibility_form_has_a_dot_or_slash_is_refused() -> None:
+    found = [c for c in every_code_point() if not {".", "/", "\\"}.isdisjoint(compatibility_forms(c))]
+    # The enumeration finds the known ones (and cannot silently find nothing).
+    assert {"\u2024", "\u2025", "\ufe52", "\uff0e", "\uff0f", "\uff3c", "\ufe68", "\u2100"} <= set(found)
+    for char in found:
+        for raw in (f"/{encoded(char)}", f"/a{encoded(char)}b/c", f"/x/{encoded(char) * 2}/admin"):
+            assert outcome(normalise_path, raw.encode()) in {Rejected(code) for code in LOOKALIKE_CODES}, (
+                f"U+{ord(char):04X}",
+                raw,
+            )
+
+
+def test_no_accepted_code_point_reads_as_ascii_or_is_invisible() -> None:
+    # Every character that any compatibility mapping, case mapping or the format category makes
+    # interesting; the rest of the range has none of those and is accepted as it is.
+    interesting = [
+        c
+        for c in every_code_point()
+        if compatibility_forms(c) != c + c
+        or c.upper() != c
+        or c.lower() != c
+        or unicodedata.category(c) == "Cf"
+    ]
+    assert len(interesting) > 10_000
+    refused = 0
+    for char in interesting:
+        raw = f"/x{encoded(char)}y"
+        out = outcome(normalise_path, raw.encode())
+        if isinstance(out, Rejected):
+            refused += 1
+            continue
+        assert out == raw, f"U+{ord(char):04X}"  # kept, encoded exactly as sent
+        # NFKD keeps the base letter of every accented one ('e' in 'é'); NFKC says what is read.
+        assert not any(c.isascii() for c in unicodedata.normalize("NFKC", char)), f"U+{ord(char):04X}"
+        assert unicodedata.category(char) != "Cf" or char in "\u200c\u200d", f"U+{ord(char):04X}"
+        assert all(len(m) > 1 or not m.isascii() for m in (char.upper(), char.lower())), f"U+{ord(char):04X}"
+        assert not char.lower()[0].isascii(), f"U+{ord(char):04X}"  # as 'İ' lower-cases to 'i' + a dot
+    assert refused > 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=6), st.sampled_from(["/", "/a/", "/public/"]))
+def test_any_encoded_text_is_refused_or_forwarded_unchanged(text: str, prefix: str) -> None:
+    try:
+        raw = (prefix + "".join(encoded(c) if not c.isascii() else f"%{ord(c):02X}" for c in text)).encode()
+    except UnicodeEncodeError:  # lone surrogates have no UTF-8
+        return
+    out = outcome(normalise_path, raw)
+    if isinstance(out, Rejected):
+        return
+    assert_safe(out)
+    # Whatever an application does to the decoded path with NFKC, it gains no '/', '\\' or dot segment.
+    decoded = unicodedata.normalize("NFKC", unquote_to_bytes(out).decode("utf-8"))
+    assert "\\" not in decoded
+    assert decoded.count("/") == out.count("/")
+    assert not {".", ".."} & set(decoded.split("/"))
 
 
 # --- public paths --------------------------------------------------------------------------------
