@@ -12,6 +12,8 @@ A file names its class (a section of ../shared/SECURITY.md) and lists cases:
       body: "..."
       # or  raw: "exact bytes, YAML escapes (\\r \\n \\x00) allowed"
       # or  token: NAME   (GET /api/token with that bearer token and Connection: close)
+      # or  target: /api/x  (+ method: GET, headers: [lines], anonymous: false, body): that request
+      #     with Host app.test, a valid reader's token unless anonymous, and Connection: close
       status: 200               # one per expected answer; "400|505" allows either
       code: bad_host            # the JSON error code of the (single) error answer
       upstream: none            # or what the single sanitised request must look like:
@@ -40,6 +42,7 @@ TEMPLATE = re.compile(r"\{(token:[A-Za-z0-9_]+|body_length|repeat:[^{}*]*\*\d+|c
 TOKEN_CASE_TARGET = "/api/token"
 CASE_KEYS = frozenset(
     {"id", "why", "request", "raw", "body", "token", "status", "code", "upstream", "xfail", "skip"}
+    | {"target", "method", "headers", "anonymous"}
 )
 UPSTREAM_KEYS = frozenset({"requests", "method", "target", "body", "chunked", "absent", "present", "equal"})
 
@@ -141,6 +144,15 @@ def case_of(file: str, klass: str, entry: dict[str, Any]) -> Case:
             f"GET {TOKEN_CASE_TARGET} HTTP/1.1",
             "Host: app.test",
             f"Authorization: Bearer {{token:{entry['token']}}}",
+            "Connection: close",
+        ]
+    if "target" in entry:
+        request = [
+            f"{entry.get('method', 'GET')} {entry['target']} HTTP/1.1",
+            "Host: app.test",
+            *([] if entry.get("anonymous") else ["Authorization: Bearer {token:valid}"]),
+            *entry.get("headers", ()),
+            *(["Content-Length: {body_length}"] if entry.get("body") else []),
             "Connection: close",
         ]
     if entry.get("skip"):
