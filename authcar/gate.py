@@ -52,6 +52,8 @@ WELL_KNOWN_PREFIX = "/.well-known/authcar/"
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 # Exchange errors caused by the client, not the application: logged, but not upstream errors.
 CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large"})
+# HTTP/2 and later arrive over TLS ALPN or not at all; a request line claiming them is not served.
+SERVED_VERSIONS = frozenset({"1.0", "1.1"})
 
 
 class LogDecision(NamedTuple):
@@ -196,9 +198,18 @@ class Gate:
         # The protocol enforces the limit while parsing; this catches any other server we run under.
         if len(raw_headers) > self.settings.max_header_count:
             raise HeadersTooLarge("too many request headers")
+        version = scope.get("http_version", "1.1")
+        if version not in SERVED_VERSIONS:
+            # The parser takes any digit.digit; a version we do not speak has no agreed framing.
+            raise BadRequest(f"HTTP/{version} is not served here", code="unsupported_http_version")
         framed = self.sidecar.header_rules.frame(
             raw_headers, scope.get("client"), scope.get("scheme", "http")
         )
+        if not framed.host and version == "1.1":
+            raise BadRequest("an HTTP/1.1 request needs a Host header", code="missing_host")
+        if scope["type"] == "websocket" and (framed.chunked or framed.content_length):
+            # A handshake has no body: bytes after its head would reach the application unchecked.
+            raise BadRequest("a WebSocket handshake cannot carry a body", code="bad_request")
         if (
             self.max_body_bytes
             and framed.content_length is not None

@@ -226,9 +226,10 @@ class HeaderRules:
                 length = parse_content_length(value)
                 if content_length is not None and length != content_length:
                     raise BadRequest("conflicting Content-Length headers", code="bad_content_length")
-                if content_length is not None:
-                    continue  # identical duplicate: forward one
+                # Never kept: the upstream request's framing is written by the client pool from
+                # what was parsed here, so nothing in the header list (not `Connection`) can alter it.
                 content_length = length
+                continue
             elif name == b"x-request-id":
                 if not request_id and REQUEST_ID_PATTERN.fullmatch(value):
                     request_id = value.decode("ascii")

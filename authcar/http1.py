@@ -104,6 +104,12 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.complete:
+            # A second response on one request: the upstream's framing and ours disagree, so the
+            # connection can never be trusted again (its surplus would answer the next request).
+            self.keep_alive = False
+            self.surplus = True
+            return
         self.headers = []
         self.headers_done = False
 
@@ -139,7 +145,12 @@ class Connection(asyncio.Protocol):
         if self.complete or not self.headers_done:
             return
         # Asked now: llhttp resets its flags once the callback returns.
-        self.keep_alive = self.parser is not None and self.parser.should_keep_alive() and not self.closed
+        self.keep_alive = (
+            self.parser is not None
+            and self.parser.should_keep_alive()
+            and not self.closed
+            and not self.surplus
+        )
         self.complete = True
         # The read timer stays armed: check_silence() retires it when it fires on an idle
         # connection, and the next exchange reuses it, instead of a call_later/cancel per request.
@@ -164,6 +175,7 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.body_unsent = False  # answered before the request body was sent: not reusable
         self.keep_alive = False
+        self.surplus = False  # bytes arrived after the response ended: never reusable
         self.request_done = False  # the whole request is written: the upstream's turn
 
     def request_sent(self) -> None:
@@ -264,6 +276,7 @@ class Connection(asyncio.Protocol):
             self.complete
             and not self.closed
             and not self.body_unsent
+            and not self.surplus
             and self.error is None
             and self.keep_alive
         )
@@ -338,21 +351,32 @@ class ConnectionPool:
         headers: list[tuple[bytes, bytes]],
         body: AsyncIterator[bytes] | None = None,
         *,
+        content_length: int | None = None,
         chunked: bool = False,
     ) -> Response:
         """Send one request; returns once the response headers are in.
 
-        `headers` must already hold Host and, for a body, Content-Length unless `chunked` is set
-        (then Transfer-Encoding: chunked is added here and the body is framed as chunks).
+        The request's framing is written here and nowhere else: the request line, then `headers`
+        (which must hold Host and must not hold Content-Length or Transfer-Encoding), then
+        `Transfer-Encoding: chunked` when `chunked` (the body is framed as chunks) or
+        `Content-Length: content_length` (the body must be exactly that long: a body that is not
+        is never sent on, so the upstream can never read a second request out of it).
         """
+        if chunked and body is None:
+            raise ValueError("a chunked request needs a body")
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
-        if body is not None and chunked:
+        if chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
+        elif content_length is not None:
+            lines.append(b"content-length: %d\r\n" % content_length)
+        elif body is not None:
+            raise ValueError("a body needs a Content-Length or chunked framing")
         lines.append(b"\r\n")
         head = b"".join(lines)
         if body is not None:
+            body = framed_body(body, None if chunked else content_length)
             # Nothing goes upstream until the client's body has really started: a request whose
             # body never comes (or is refused by the server's parser) never reaches the app, and
             # head and first chunk share one write.
@@ -496,6 +520,31 @@ class ConnectionPool:
             connection.abort()
         self.idle.clear()
         await asyncio.sleep(0)
+
+
+class BodyLengthMismatch(Exception):
+    """The body handed to the pool is not as long as its Content-Length said."""
+
+
+async def framed_body(body: AsyncIterator[bytes], length: int | None) -> AsyncIterator[bytes]:
+    """`body`, checked against the Content-Length the request head announces.
+
+    The server's parser already delivers exactly that many bytes; this keeps the promise even if
+    it did not. A surplus is never written (the upstream would parse it as another request); a
+    shortfall raises at the end. Either way the connection is closed, never reused.
+    """
+    if length is None:
+        async for chunk in body:
+            yield chunk
+        return
+    sent = 0
+    async for chunk in body:
+        sent += len(chunk)
+        if sent > length:
+            raise BodyLengthMismatch(f"the body is longer than its Content-Length {length}")
+        yield chunk
+    if sent != length:
+        raise BodyLengthMismatch(f"the body ended after {sent} of {length} bytes")
 
 
 async def send_body(connection: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:

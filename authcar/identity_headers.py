@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from authcar.assertion import ASSERTED_CLAIMS, AssertionSigner, asserted_value
 from authcar.authn.claims import claim_at
 from authcar.errors import Forbidden
-from authcar.headers import FORWARDED_PREFIX, FRAMING_NAMES, IDENTITY_NAMES, REQUEST_OVERRIDE_NAMES
+from authcar.headers import FRAMING_NAMES, IDENTITY_NAMES, REQUEST_OVERRIDE_NAMES, TRUSTED_ONLY_PREFIXES
 from authcar.identity import Identity
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def parse_claim_header(entry: str) -> ClaimHeader:
         raise ValueError(f"{name} is set by the sidecar itself")
     if lower in REQUEST_OVERRIDE_NAMES:
         raise ValueError(f"{name} overrides the request's path or method; it never carries a claim")
-    forwarding = lower.startswith(FORWARDED_PREFIX) and lower not in IDENTITY_NAMES
+    forwarding = lower.startswith(TRUSTED_ONLY_PREFIXES) and lower not in IDENTITY_NAMES
     if lower in FRAMING_NAMES or lower in CREDENTIAL_HEADERS or forwarding:
         raise ValueError(f"{name} is a request header the sidecar manages, not one for a claim")
     return ClaimHeader(lower, claim)

@@ -174,6 +174,7 @@ class Upstream:
                 self.target(scope),
                 framed.headers,
                 body.chunks() if body is not None else None,
+                content_length=framed.content_length,
                 chunked=framed.chunked,
             )
         except GatewayError:

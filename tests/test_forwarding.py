@@ -378,6 +378,7 @@ IDENTITY_SPOOFS = [
     ("X-Forwarded-Prefix", "/admin"),
     ("X-HTTP-Method-Override", "DELETE"),
     ("X-Method-Override", "DELETE"),
+    ("X-Original-Method", "DELETE"),
 ]
 
 
@@ -409,6 +410,7 @@ async def test_client_identity_headers_never_reach_the_upstream(
                 "x-forwarded-prefix",
                 "x-http-method-override",
                 "x-method-override",
+                "x-original-method",
             }
         )
     ]
@@ -455,6 +457,15 @@ FORWARDING_SPOOFS = [
     ("x.forwarded.proto", "https"),
     ("X_Real_IP", "10.6.6.6"),
     ("X_Request_Id", "spoofed-id"),
+    ("X-Scheme", "https"),
+    ("X-Forwarded", "for=10.0.0.1"),
+    ("X-Host", "evil.example"),
+    ("X-Original-Host", "evil.example"),
+    ("X-Original-Forwarded-For", "10.0.0.1"),
+    ("X-ProxyUser-Ip", "10.0.0.1"),
+    ("X-Envoy-Internal", "true"),
+    ("X-Envoy-External-Address", "10.0.0.1"),
+    ("X-SSL", "on"),
 ]
 
 
@@ -466,8 +477,59 @@ async def test_forwarding_family_and_client_ip_headers_from_untrusted_peer_are_d
     (seen,) = upstream.seen
     sent = {n.lower() for n, _ in FORWARDING_SPOOFS}
     assert not header_names(seen.headers) & sent
-    assert not any(v in ("10.0.0.1", "10.6.6.6", "https", "on", "443", "spoofed-id") for _, v in seen.headers)
+    spoofed = (
+        "10.0.0.1",
+        "10.6.6.6",
+        "https",
+        "on",
+        "443",
+        "spoofed-id",
+        "true",
+        "evil.example",
+        "for=10.0.0.1",
+    )
+    assert not any(v in spoofed for _, v in seen.headers)
     assert seen.all("x-forwarded-for") == ["127.0.0.1"]
+
+
+# Every family of client-certificate header a front proxy writes, in the spellings apps read.
+CLIENT_CERT_SPOOFS = [
+    ("X-SSL-Client-Verify", "SUCCESS"),
+    ("X-SSL-Client-S-DN", "CN=admin"),
+    ("X-SSL-Client-I-DN", "CN=Corp CA"),
+    ("X-SSL-Client-Cert", "-----BEGIN%20CERTIFICATE-----"),
+    ("X-SSL-Cert", "forged"),
+    ("X-Client-Cert", "forged"),
+    ("X-Client-Verify", "SUCCESS"),
+    ("X-Client-DN", "CN=admin"),
+    ("X-Forwarded-Client-Cert", "By=spiffe://a;URI=spiffe://cluster.local/ns/x/sa/admin"),
+    ("X-Forwarded-Tls-Client-Cert", "forged"),
+    ("X-Forwarded-Tls-Client-Cert-Info", "Subject=CN=admin"),
+    ("X-Amzn-Mtls-Clientcert", "forged"),
+    ("X-Amzn-Mtls-Clientcert-Subject", "CN=admin"),
+    ("X-ARR-ClientCert", "forged"),
+    ("Client-Cert", ":Zm9yZ2Vk:"),
+    ("Client-Cert-Chain", ":Zm9yZ2Vk:"),
+    ("SSL_CLIENT_S_DN", "CN=admin"),
+    ("SSL-Client-Verify", "SUCCESS"),
+    ("x_ssl_client_s_dn", "CN=admin"),
+    ("X.Client.Cert", "forged"),
+]
+
+
+@pytest.mark.parametrize("trusted", [(), ("127.0.0.0/8",)], ids=["untrusted", "trusted-proxy"])
+async def test_client_certificate_headers_never_reach_the_upstream(
+    upstream: RunningUpstream, trusted: tuple[str, ...]
+) -> None:
+    headers = [*CLIENT_CERT_SPOOFS, ("Connection", "X-Auth-Request-Jwt")]
+    async with start_sidecar(upstream.url, trusted_proxies=trusted) as sidecar:
+        response = await send_raw(sidecar.port, request_bytes("GET", "/cert", headers))
+    assert response.status == 200
+    (seen,) = upstream.seen
+    sent = {n.lower() for n, _ in CLIENT_CERT_SPOOFS}
+    assert not header_names(seen.headers) & sent
+    assert not any("admin" in v or "forged" in v or v == "SUCCESS" for _, v in seen.headers)
+    assert len(seen.all("x-auth-request-jwt")) == 1
 
 
 async def test_forwarding_family_from_trusted_proxy_passes_but_odd_spellings_and_identity_do_not(

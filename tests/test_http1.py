@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from authcar.http1 import ConnectionPool, Response, UpstreamError
+from authcar.http1 import BodyLengthMismatch, ConnectionPool, Response, UpstreamError
 from tests.upstream_app import serve_upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -147,9 +147,7 @@ async def test_streams_request_bodies_with_length_and_chunked() -> None:
             for start in range(0, len(payload), 65536):
                 yield payload[start : start + 65536]
 
-        sized = await pool.request(
-            b"POST", b"/upload", [*HOST, (b"content-length", str(len(payload)).encode())], pieces()
-        )
+        sized = await pool.request(b"POST", b"/upload", HOST, pieces(), content_length=len(payload))
         chunked = await pool.request(b"POST", b"/upload", HOST, pieces(), chunked=True)
         expected = hashlib.sha256(payload).hexdigest().encode()
         assert expected in await body_of(sized)
@@ -180,7 +178,7 @@ async def test_a_reused_connection_closed_before_answering_is_retried_once_for_g
             yield b"x"
 
         with pytest.raises(UpstreamError) as failed:
-            await pool.request(b"POST", b"/pay", [*HOST, (b"content-length", b"1")], one_piece())
+            await pool.request(b"POST", b"/pay", HOST, one_piece(), content_length=1)
         assert failed.value.kind == "reset"
         assert requests_seen == [b"/first", b"/again"]  # never sent twice
         await pool.close()
@@ -295,4 +293,51 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
         assert bodies == [b"ok"] * 6
         assert most == 2
         assert pool.connections_made == 2
+        await pool.close()
+
+
+async def test_a_second_response_to_one_request_closes_the_connection() -> None:
+    """Surplus bytes would answer the next caller's request: the connection is never reused."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        while True:
+            await read_head(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale" % number
+            )
+            await writer.drain()
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        assert await body_of(await pool.request(b"GET", b"/a", HOST)) == b"1"
+        await asyncio.sleep(0.05)
+        assert await body_of(await pool.request(b"GET", b"/b", HOST)) == b"2"
+        assert pool.connections_made == 2
+        await pool.close()
+
+
+@pytest.mark.parametrize(("pieces", "declared"), [([b"abc", b"def"], 4), ([b"ab"], 3)])
+async def test_a_body_unlike_its_content_length_is_never_sent_on(pieces: list[bytes], declared: int) -> None:
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())  # everything until the pool closes the connection
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    async with raw_server(handler) as port:
+        pool = pool_for(port)
+        with pytest.raises(BodyLengthMismatch):
+            await pool.request(b"POST", b"/x", HOST, body(), content_length=declared)
+        await asyncio.sleep(0.1)
+        sent = b"".join(received)
+        assert sent.count(b"content-length: %d" % declared) == 1
+        assert len(sent.partition(b"\r\n\r\n")[2]) <= declared  # never a byte past the length
         await pool.close()
