@@ -58,8 +58,21 @@ CLIENT_IP_NAMES = frozenset(
         b"x-remote-addr",
         b"front-end-https",
         b"x-url-scheme",
+        b"x-scheme",
+        b"x-forwarded",
+        b"x-host",
+        b"x-proxyuser-ip",
+        b"x-original-host",
+        b"x-original-proto",
+        b"x-original-forwarded-for",
+        b"x-client-port",
+        b"x-real-port",
+        b"x-ssl",
     }
 )
+# Prefixes of the same family: believed only from a trusted proxy (Envoy decides "internal" from
+# `x-envoy-internal`; `x-original-*` is what ingress controllers set before rewriting a request).
+TRUSTED_ONLY_PREFIXES = (FORWARDED_PREFIX, b"x-envoy-", b"x-original-")
 
 # Headers that change what the application routes or runs: frameworks that honour them would route
 # on a path, or run a method, the policy never saw. Never a target for a claim header either (a
@@ -76,27 +89,54 @@ REQUEST_OVERRIDE_NAMES = frozenset(
         b"x-http-method-override",
         b"x-http-method",
         b"x-method-override",
+        b"x-original-method",
     }
+)
+
+# Client-certificate headers as front proxies write them (nginx `X-SSL-Client-*`, Apache `SSL_CLIENT_*`
+# as headers, Envoy `X-Forwarded-Client-Cert`, Traefik `X-Forwarded-Tls-Client-Cert`, AWS ALB
+# `X-Amzn-Mtls-Clientcert-*`, IIS `X-ARR-ClientCert`, RFC 9440 `Client-Cert`/`Client-Cert-Chain`): an
+# application that reads them believes the certificate they describe, so a client must never set
+# them. The sidecar writes its own (RFC 9440 `Client-Cert`) for a certificate it verified.
+CLIENT_CERT_NAMES = frozenset({b"x-forwarded-client-cert", b"x-arr-clientcert", b"x-client-verify"})
+CLIENT_CERT_PREFIXES = (
+    b"client-cert",
+    b"ssl-client-",
+    b"x-ssl-",
+    b"x-client-cert",
+    b"x-client-s-dn",
+    b"x-client-i-dn",
+    b"x-client-dn",
+    b"x-forwarded-tls-client-",
+    b"x-forwarded-ssl-client-",
+    b"x-forwarded-client-",
+    b"x-amzn-mtls-",
+    b"x-mtls-",
+    b"x-tls-client-",
 )
 
 # Headers whose only purpose is to tell the application who the caller is, and the overrides above.
 # Only the sidecar may set them; whatever the client sent under these names (in any spelling) is
 # removed.
-IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-")
-IDENTITY_NAMES = REQUEST_OVERRIDE_NAMES | {
-    b"x-forwarded-user",
-    b"x-forwarded-email",
-    b"x-forwarded-groups",
-    b"x-forwarded-preferred-username",
-    b"x-forwarded-access-token",
-    b"x-remote-user",
-    b"remote-user",
-    b"x-user",
-    b"x-email",
-    b"x-userinfo",
-    b"x-id-token",
-    b"x-access-token",
-}
+IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-", *CLIENT_CERT_PREFIXES)
+IDENTITY_NAMES = (
+    REQUEST_OVERRIDE_NAMES
+    | CLIENT_CERT_NAMES
+    | {
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
+        b"x-forwarded-access-token",
+        b"x-remote-user",
+        b"remote-user",
+        b"x-user",
+        b"x-email",
+        b"x-userinfo",
+        b"x-id-token",
+        b"x-access-token",
+    }
+)
 # Request headers the rules above frame, re-derive or read themselves: never a claim header either.
 FRAMING_NAMES = REQUEST_DROP | FORWARDING | CLIENT_IP_NAMES | {b"content-length", b"x-request-id"}
 
@@ -183,6 +223,8 @@ class HeaderRules:
         if not forward_authorization:
             stripped.add(b"authorization")
         self.restricted = {**RESTRICTED_NAMES, **dict.fromkeys(stripped, IDENTITY)}
+        # Most requests name the same host: a one-entry memo skips re-checking its syntax.
+        self.last_valid_host: bytes | None = None
 
     def is_trusted(self, address: str) -> bool:
         if not self.trusted:
@@ -199,6 +241,7 @@ class HeaderRules:
         trusted = self.is_trusted(peer)
         request_id = ""
         host = ""
+        host_seen = False
         content_length: int | None = None
         chunked = False
         connection: list[bytes] = []
@@ -218,9 +261,13 @@ class HeaderRules:
                         raise BadRequest("unsupported Transfer-Encoding", code="bad_transfer_encoding")
                     chunked = True
                 elif name == b"host":
-                    if host:
+                    if host_seen:
                         raise BadRequest("more than one Host header", code="bad_host")
-                    host = value.decode("latin-1")
+                    host_seen = True
+                    if value != self.last_valid_host:
+                        check_host(value)
+                        self.last_valid_host = value
+                    host = value.decode("ascii")
                 continue
             if name == b"content-length":
                 length = parse_content_length(value)
@@ -237,10 +284,10 @@ class HeaderRules:
             else:
                 folded = fold_name(name)
                 kind = restricted.get(folded)
-                if kind is None and folded.startswith(b"x-"):
+                if kind is None:
                     if folded.startswith(IDENTITY_PREFIXES):
                         kind = IDENTITY
-                    elif folded.startswith(FORWARDED_PREFIX):
+                    elif folded.startswith(TRUSTED_ONLY_PREFIXES):
                         kind = TRUSTED_ONLY
                 if kind is not None:
                     # Identity only ever comes from the sidecar; the forwarding family only from a
@@ -304,6 +351,27 @@ class HeaderRules:
             if not self.is_trusted(hop):
                 return hop
         return hops[0]
+
+
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]. Registered names are limited to the
+# unreserved characters (no percent-encoding, no sub-delims such as `,` `;` `=` `&`, which some
+# applications split on); an IP literal must be a plain IPv6 address (no zone, no IPvFuture).
+HOST_PATTERN = re.compile(rb"(?:\[([0-9A-Fa-f:.]{2,45})\]|([A-Za-z0-9._~-]{1,253}))(?::([0-9]{1,5}))?")
+
+
+def check_host(value: bytes) -> None:
+    """Raise BadRequest unless `value` is a syntactically valid Host field value."""
+    match = HOST_PATTERN.fullmatch(value)
+    if match is None:
+        raise BadRequest("the Host header is not a valid host[:port]", code="bad_host")
+    literal, _, port = match.groups()
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            raise BadRequest("the Host header is not a valid IPv6 literal", code="bad_host") from None
+    if port is not None and not 0 < int(port) <= 65535:
+        raise BadRequest("the Host header's port is out of range", code="bad_host")
 
 
 def parse_content_length(value: bytes) -> int:
