@@ -119,6 +119,8 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
+        if self.surplus:
+            return  # a second response's head must never replace the first's
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
@@ -199,6 +201,9 @@ class Connection(asyncio.Protocol):
         self.cancel_timer()
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_exception(error)
+            # Marked as seen: an exchange that already gave up (its body failed to send) no longer
+            # awaits it, and asyncio would log the orphaned exception as an error.
+            self.headers_ready.exception()
         self.wake()
 
     def wake(self) -> None:

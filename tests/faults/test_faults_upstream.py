@@ -164,11 +164,6 @@ async def test_an_oversized_response_head_is_502(faulty: Stack) -> None:
     await recovered(faulty)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported to the lead: authcar/http1.py parses bytes after a complete response in the same "
-    "read as a second response, whose status and headers replace the first's (the client got X-Smuggled)",
-)
 async def test_bytes_after_the_declared_length_never_answer_another_request(faulty: Stack) -> None:
     # The application answers with more bytes than its Content-Length: the rest looks like a second
     # response. It must never be taken as the answer to anyone's next request on that connection.
