@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import IO, Any
 
 import httpx
@@ -127,9 +126,5 @@ class Sidecar:
         problem = await self.upstream.probe()
         checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
         if self.tls is not None:
-            detail: dict[str, Any] = {"ok": True, "expires_in_s": int(self.tls.not_after - time.time())}
-            if not self.tls.last_reload_ok:
-                # Still serving the last good certificate: ready, but say so.
-                detail["detail"] = "the last certificate reload failed; serving the previous certificate"
-            checks["tls"] = detail
+            checks["tls"] = self.tls.readiness()
         return checks

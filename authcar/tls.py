@@ -15,6 +15,10 @@ Two OpenSSL details shape the design:
 * ``load_cert_chain`` only accepts file paths. We read the files once, validate those exact bytes
   with ``cryptography`` and feed the same bytes to OpenSSL through an anonymous in-memory file,
   so a rotation that lands mid-reload cannot mix an old certificate with a new key.
+
+A replacement is used only if it is complete and valid now: it parses, the key matches the leaf, and
+the leaf's notBefore <= now <= notAfter. A renewal that is not yet valid (a clock ahead of ours) is
+tried again once its notBefore has passed; an expired one never becomes valid.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +46,33 @@ from authcar.background import watch_directories
 __all__ = ["CertificateStore", "ClientCertificate", "EventSink", "TLSConfigError", "client_certificate"]
 
 EventSink = Callable[[str, dict[str, object]], None]
+Clock = Callable[[], float]  # unix time
 
 # TLS 1.2 suites: forward secrecy + AEAD only. TLS 1.3 suites are all AEAD and configured separately.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN_PROTOCOLS = ("http/1.1",)
 # SAN types that carry an identity expressible as a plain string.
 _STRING_SAN_TYPES = (x509.DNSName, x509.UniformResourceIdentifier, x509.RFC822Name, x509.IPAddress)
+# The served certificate is reported as overdue for renewal (logged once, and in /readyz) this long
+# before it expires, or when a sixth of its lifetime is left if that is shorter: cert-manager renews at
+# two thirds of the lifetime and SPIRE at half, so either point means a renewal was missed, without
+# warning all the time about certificates that live for hours.
+EXPIRY_WARNING_SECONDS = 7 * 86400
+EXPIRY_WARNING_FRACTION = 1 / 6
 
 _log = logging.getLogger(__name__)
 
 
 class TLSConfigError(Exception):
     """The certificate, key or client-CA files cannot be used; the message names the file."""
+
+
+class CertificateNotYetValid(TLSConfigError):
+    """The certificate's notBefore lies ahead: it becomes usable at `valid_from` (unix time)."""
+
+    def __init__(self, message: str, valid_from: float) -> None:
+        super().__init__(message)
+        self.valid_from = valid_from
 
 
 @dataclass(frozen=True)
@@ -74,8 +94,13 @@ class _Material:
     context: ssl.SSLContext
     subject: str
     serial: str
+    not_before: float
     not_after: float
     fingerprint_sha256: str
+
+    def renewal_overdue(self, now: float) -> bool:
+        lifetime = self.not_after - self.not_before
+        return self.not_after - now < min(EXPIRY_WARNING_SECONDS, lifetime * EXPIRY_WARNING_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -125,17 +150,25 @@ class CertificateStore:
         key_file: Path,
         client_ca_file: Path | None = None,
         on_event: EventSink | None = None,
+        *,
+        clock: Clock = time.time,
     ) -> None:
+        """Raises TLSConfigError when the files cannot be used, the certificate's dates included."""
         ca_file = Path(client_ca_file) if client_ca_file is not None else None
         self._sources = _Sources(Path(cert_file), Path(key_file), ca_file)
         self._on_event = on_event or _log_event
+        self._clock = clock
         files = self._sources.read()
-        self._current = _build_material(self._sources, files)
+        self._current = _build_material(self._sources, files, clock())
         self._attempted = files.digest()
-        self._last_reload_ok = True
+        # When the last attempt was refused only for being early: the time to try the same bytes again.
+        self._retry_at: float | None = None
+        self._last_error: str | None = None
+        self._expiry_warned: str | None = None  # fingerprint of the certificate we last warned about
         # The first context is the one the server keeps; it only routes handshakes to the newest.
         self._base = self._current.context
         self._base.sni_callback = self._select_context
+        self._warn_if_expiring()
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -143,43 +176,69 @@ class CertificateStore:
 
     @property
     def last_reload_ok(self) -> bool:
-        return self._last_reload_ok
+        return self._last_error is None
 
     @property
     def not_after(self) -> float:
         return self._current.not_after
 
+    def readiness(self) -> dict[str, object]:
+        """The /readyz check: always ok (a refused renewal leaves the last good certificate serving,
+        and a Secret reaches every replica at once), with what an operator should know in `detail`."""
+        now = self._clock()
+        check: dict[str, object] = {"ok": True, "expires_in_s": int(self._current.not_after - now)}
+        notes = []
+        if self._last_error is not None:
+            notes.append(
+                f"the last certificate reload failed ({self._last_error}); serving the previous certificate"
+            )
+        if now > self._current.not_after:
+            notes.append("the served certificate has expired")
+        elif self._current.renewal_overdue(now):
+            notes.append("the served certificate expires soon and has not been renewed")
+        if notes:
+            check["detail"] = "; ".join(notes)
+        return check
+
     def reload(self) -> bool:
         """Re-read the files and switch new handshakes to them if they are valid.
 
         Returns True only when a new context was swapped in. Content identical to the last attempt
-        (good or bad) is a no-op without an event, so polling cannot flood the log.
+        (good or bad) is a no-op without an event, so polling cannot flood the log -- except content
+        refused as not yet valid, which is tried again once its notBefore has passed.
         """
+        now = self._clock()
+        self._warn_if_expiring()
         try:
             files = self._sources.read()
         except TLSConfigError as exc:
             return self._reload_failed(str(exc), attempt=f"read-error:{exc}")
         attempt = files.digest()
-        if attempt == self._attempted:
+        if attempt == self._attempted and (self._retry_at is None or now < self._retry_at):
             return False
         try:
-            material = _build_material(self._sources, files)
+            material = _build_material(self._sources, files, now)
+        except CertificateNotYetValid as exc:
+            return self._reload_failed(str(exc), attempt=attempt, retry_at=exc.valid_from)
         except Exception as exc:  # whatever goes wrong, the old certificate must keep serving
             message = str(exc) if isinstance(exc, TLSConfigError) else f"{type(exc).__name__}: {exc}"
             return self._reload_failed(message, attempt=attempt)
         self._attempted = attempt
+        self._retry_at = None
         self._current = material
-        self._last_reload_ok = True
+        self._last_error = None
         self._emit(
             "tls_reloaded",
             {
                 "cert_file": str(self._sources.cert_file),
                 "subject": material.subject,
                 "serial": material.serial,
+                "not_before": material.not_before,
                 "not_after": material.not_after,
                 "fingerprint_sha256": material.fingerprint_sha256,
             },
         )
+        self._warn_if_expiring()
         return True
 
     async def watch(
@@ -224,12 +283,28 @@ class CertificateStore:
         if ssl_object.context is not current:
             ssl_object.context = current
 
-    def _reload_failed(self, error: str, attempt: str) -> bool:
-        self._last_reload_ok = False
+    def _reload_failed(self, error: str, attempt: str, retry_at: float | None = None) -> bool:
+        self._last_error = error
+        self._retry_at = retry_at
         if attempt != self._attempted:
             self._attempted = attempt
             self._emit("tls_reload_failed", {"cert_file": str(self._sources.cert_file), "error": error})
         return False
+
+    def _warn_if_expiring(self) -> None:
+        # Once per served certificate; logged rather than emitted (on_event carries reload outcomes,
+        # and metrics count those); the expiry itself is the authcar_tls_certificate_expiry gauge.
+        current, now = self._current, self._clock()
+        if not current.renewal_overdue(now) or self._expiry_warned == current.fingerprint_sha256:
+            return
+        self._expiry_warned = current.fingerprint_sha256
+        fields = {
+            "cert_file": str(self._sources.cert_file),
+            "serial": current.serial,
+            "not_after": current.not_after,
+            "expires_in_s": int(current.not_after - now),
+        }
+        _log.warning("tls_certificate_expiring", extra=fields)
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
         # A broken sink must not break reloading (or kill the watcher).
@@ -266,10 +341,11 @@ def client_certificate(ssl_object: ssl.SSLObject | None) -> ClientCertificate | 
 # -- building and validating a context ---------------------------------------------------------
 
 
-def _build_material(sources: _Sources, files: _Files) -> _Material:
+def _build_material(sources: _Sources, files: _Files, now: float) -> _Material:
     chain = _parse_certificates(sources.cert_file, files.cert, "certificate")
     leaf = chain[0]
     _check_key_matches(sources.key_file, files.key, sources.cert_file, leaf)
+    _check_valid_at(sources.cert_file, leaf, now)
     ca_certs = None
     if sources.client_ca_file is not None and files.client_ca is not None:
         ca_certs = _parse_certificates(sources.client_ca_file, files.client_ca, "client CA")
@@ -277,9 +353,23 @@ def _build_material(sources: _Sources, files: _Files) -> _Material:
         context=_new_server_context(sources, files, ca_certs),
         subject=leaf.subject.rfc4514_string(),
         serial=_serial_hex(leaf),
+        not_before=leaf.not_valid_before_utc.timestamp(),
         not_after=leaf.not_valid_after_utc.timestamp(),
         fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def _check_valid_at(cert_file: Path, leaf: x509.Certificate, now: float) -> None:
+    """The leaf's own dates only: clients check those on every handshake. An expired certificate
+    further up the chain is left to clients, which may build another path (a cross-signed root)."""
+    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    if now > not_after.timestamp():
+        raise TLSConfigError(f"certificate in {cert_file} expired at {not_after.isoformat()}")
+    if now < not_before.timestamp():
+        raise CertificateNotYetValid(
+            f"certificate in {cert_file} is not valid before {not_before.isoformat()}",
+            valid_from=not_before.timestamp(),
+        )
 
 
 def _new_server_context(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from authcar.tls import CertificateStore, ClientCertificate, TLSConfigError, client_certificate
-from tests.tls_material import CertAuthority, Issued, SecretVolume
+from tests.tls_material import CertAuthority, Issued, SecretVolume, expired, not_yet_valid
 
 IO_TIMEOUT = 5.0
 SPIFFE_ID = "spiffe://cluster.local/ns/default/sa/client"
@@ -462,6 +463,179 @@ async def test_failing_event_sink_does_not_break_reload(
     assert store.reload() is True
     async with serving(store.context) as listener:
         assert await served_serial(listener, client_ctx()) == pki.server_rsa_2.serial
+
+
+# -- 3b. renewals outside their validity dates ------------------------------------------------------
+
+
+class Clock:
+    """The store's clock, moved by hand: certificate dates are compared with it, not with the machine's."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def dated_store(volume: SecretVolume, events: Events, clock: Clock) -> CertificateStore:
+    return CertificateStore(
+        volume.path("tls.crt"),
+        volume.path("tls.key"),
+        on_event=lambda name, fields: events.append((name, fields)),
+        clock=clock,
+    )
+
+
+@pytest.mark.parametrize(
+    ("renewal", "reason"),
+    [(expired, "expired at"), (not_yet_valid, "is not valid before")],
+    ids=["expired", "not-yet-valid"],
+)
+async def test_renewal_outside_its_dates_keeps_serving_old_certificate(
+    volume: SecretVolume,
+    pki: Pki,
+    events: Events,
+    client_ctx: ClientFactory,
+    renewal: Callable[[CertAuthority], Issued],
+    reason: str,
+) -> None:
+    store = make_store(volume, events)
+    client = client_ctx()
+    # Signed by the trusted CA, key matching, well-formed: only its dates are wrong.
+    volume.publish(secret(renewal(pki.ca), pki.ca))
+
+    async with serving(store.context) as listener:
+        assert store.reload() is False
+        assert await served_serial(listener, client) == pki.server_rsa.serial
+        assert store.last_reload_ok is False
+        assert store.not_after == pki.server_rsa.cert.not_valid_after_utc.timestamp()
+        assert [name for name, _ in events] == ["tls_reload_failed"]
+        error = str(events[0][1]["error"])
+        assert reason in error
+        assert "tls.crt" in error
+        check = store.readiness()
+        assert check["ok"] is True
+        assert "last certificate reload failed" in str(check["detail"])
+        assert reason in str(check["detail"])  # the operator sees why, not only that
+
+        volume.publish(secret(pki.server_rsa_2, pki.ca))
+        assert store.reload() is True
+        assert await served_serial(listener, client) == pki.server_rsa_2.serial
+    assert store.last_reload_ok is True
+    assert "detail" not in store.readiness()
+
+
+def test_validity_bounds_are_inclusive(volume: SecretVolume, pki: Pki, events: Events) -> None:
+    clock = Clock()
+    store = dated_store(volume, events, clock)
+
+    volume.publish(secret(pki.server_rsa_2, pki.ca))
+    clock.now = pki.server_rsa_2.cert.not_valid_after_utc.timestamp() + 1
+    assert store.reload() is False  # one second past notAfter
+
+    volume.publish(secret(pki.server_rsa_3, pki.ca))
+    not_before = pki.server_rsa_3.cert.not_valid_before_utc.timestamp()
+    clock.now = not_before - 1
+    assert store.reload() is False  # one second before notBefore
+    clock.now = not_before
+    assert store.reload() is True  # notBefore itself is valid
+
+    volume.publish(secret(pki.server_ec, pki.ca))
+    clock.now = pki.server_ec.cert.not_valid_after_utc.timestamp()
+    assert store.reload() is True  # and so is notAfter
+    assert [name for name, _ in events] == [
+        "tls_reload_failed",
+        "tls_reload_failed",
+        "tls_reloaded",
+        "tls_reloaded",
+    ]
+
+
+def test_early_renewal_is_served_once_its_time_comes(volume: SecretVolume, pki: Pki, events: Events) -> None:
+    clock = Clock()
+    store = dated_store(volume, events, clock)
+    early = not_yet_valid(pki.ca)
+    volume.publish(secret(early, pki.ca))
+    assert store.reload() is False
+    clock.now += 3600
+    assert store.reload() is False  # still early: tried again, quietly
+    assert [name for name, _ in events] == ["tls_reload_failed"]
+
+    clock.now = early.cert.not_valid_before_utc.timestamp()
+    assert store.reload() is True  # the same files, now valid: no new event needed to notice
+    assert store.last_reload_ok is True
+    assert store.not_after == early.cert.not_valid_after_utc.timestamp()
+    assert [name for name, _ in events] == ["tls_reload_failed", "tls_reloaded"]
+    assert events[-1][1]["serial"] == f"{early.serial:x}"
+
+
+def test_expired_renewal_is_not_retried(volume: SecretVolume, pki: Pki, events: Events) -> None:
+    clock = Clock()
+    store = dated_store(volume, events, clock)
+    volume.publish(secret(expired(pki.ca), pki.ca))
+    for _ in range(3):
+        assert store.reload() is False
+        clock.now += 86400
+    assert [name for name, _ in events] == ["tls_reload_failed"]
+
+
+@pytest.mark.parametrize(
+    ("material", "reason"),
+    [(expired, "expired at"), (not_yet_valid, "is not valid before")],
+    ids=["expired", "not-yet-valid"],
+)
+def test_startup_refuses_a_certificate_outside_its_dates(
+    tmp_path: Path, pki: Pki, material: Callable[[CertAuthority], Issued], reason: str
+) -> None:
+    volume = SecretVolume(tmp_path / "secret")
+    volume.publish(secret(material(pki.ca), pki.ca))
+    with pytest.raises(TLSConfigError, match=rf"certificate in .*tls\.crt {reason}"):
+        CertificateStore(volume.path("tls.crt"), volume.path("tls.key"))
+
+
+def test_served_certificate_close_to_expiry_is_reported_once(
+    volume: SecretVolume, pki: Pki, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    store = dated_store(volume, events, clock)
+    not_after = pki.server_rsa.cert.not_valid_after_utc.timestamp()
+    assert "detail" not in store.readiness()
+
+    clock.now = not_after - 86400  # a day left of a week: a sixth of its life, renewal overdue
+    with caplog.at_level(logging.WARNING, logger="authcar.tls"):
+        for _ in range(3):  # the watcher's poll calls reload() every 30 s
+            assert store.reload() is False
+    warnings_logged = [r for r in caplog.records if r.getMessage() == "tls_certificate_expiring"]
+    assert len(warnings_logged) == 1
+    assert warnings_logged[0].__dict__["serial"] == f"{pki.server_rsa.serial:x}"
+    assert warnings_logged[0].__dict__["expires_in_s"] == 86400
+    assert "expires soon" in str(store.readiness()["detail"])
+    assert store.readiness()["expires_in_s"] == 86400
+
+    clock.now = not_after + 1  # nothing renewed it
+    assert "has expired" in str(store.readiness()["detail"])
+    assert events == []  # no reload happened, so no reload outcome to count
+
+
+def test_short_lived_certificates_are_not_reported_as_expiring(
+    tmp_path: Path, pki: Pki, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 24-hour certificate (SPIFFE, cert-manager for internal names) always has under 7 days left.
+    now = dt.datetime.now(dt.UTC)
+    daily = pki.ca.issue_server(
+        not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(hours=23)
+    )
+    volume = SecretVolume(tmp_path / "secret")
+    volume.publish(secret(daily, pki.ca))
+    clock = Clock()
+    with caplog.at_level(logging.WARNING, logger="authcar.tls"):
+        store = dated_store(volume, events, clock)
+        assert "detail" not in store.readiness()
+        clock.now = daily.cert.not_valid_after_utc.timestamp() - 3600  # a sixth of its life left: overdue
+        store.reload()
+        assert "expires soon" in str(store.readiness()["detail"])
+    assert [r.getMessage() for r in caplog.records] == ["tls_certificate_expiring"]
 
 
 # -- 4. no SNI ------------------------------------------------------------------------------------

@@ -87,17 +87,29 @@ class CertAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue_server(self, key_type: KeyType = "rsa", hostname: str = "localhost") -> Issued:
+    def issue_server(
+        self,
+        key_type: KeyType = "rsa",
+        hostname: str = "localhost",
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> Issued:
+        """A server certificate; valid from five minutes ago for seven days unless dates are given
+        (an expired or a not-yet-valid one is what a broken renewal can hand over)."""
         sans: list[x509.GeneralName] = [
             x509.DNSName(hostname),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ]
-        return self._issue(hostname, sans, ExtendedKeyUsageOID.SERVER_AUTH, key_type)
+        dates = _validity(not_before, not_after)
+        return self._issue(hostname, sans, ExtendedKeyUsageOID.SERVER_AUTH, key_type, dates)
 
     def issue_client(
         self, common_name: str, sans: list[x509.GeneralName], key_type: KeyType = "ec"
     ) -> Issued:
-        return self._issue(common_name, sans, ExtendedKeyUsageOID.CLIENT_AUTH, key_type)
+        return self._issue(
+            common_name, sans, ExtendedKeyUsageOID.CLIENT_AUTH, key_type, _validity(None, None)
+        )
 
     def _issue(
         self,
@@ -105,17 +117,17 @@ class CertAuthority:
         sans: list[x509.GeneralName],
         usage: x509.ObjectIdentifier,
         key_type: KeyType,
+        dates: tuple[dt.datetime, dt.datetime],
     ) -> Issued:
         key = new_key(key_type)
-        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=7))
+            .not_valid_before(dates[0])
+            .not_valid_after(dates[1])
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -126,6 +138,32 @@ class CertAuthority:
             .sign(self.key, hashes.SHA256())
         )
         return Issued(cert=cert, key=key)
+
+
+def _validity(
+    not_before: dt.datetime | None, not_after: dt.datetime | None
+) -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        not_before if not_before is not None else now - dt.timedelta(minutes=5),
+        not_after if not_after is not None else now + dt.timedelta(days=7),
+    )
+
+
+def expired(ca: CertAuthority, key_type: KeyType = "rsa") -> Issued:
+    """A server certificate whose validity ended an hour ago (it was valid for a day)."""
+    now = dt.datetime.now(dt.UTC)
+    return ca.issue_server(
+        key_type, not_before=now - dt.timedelta(days=1), not_after=now - dt.timedelta(hours=1)
+    )
+
+
+def not_yet_valid(ca: CertAuthority, key_type: KeyType = "rsa") -> Issued:
+    """A server certificate that becomes valid tomorrow (an issuer whose clock runs ahead)."""
+    now = dt.datetime.now(dt.UTC)
+    return ca.issue_server(
+        key_type, not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=8)
+    )
 
 
 def _ca_key_usage() -> x509.KeyUsage:
