@@ -1,5 +1,5 @@
 """HTTP in front of the provider: the OIDC endpoints under the issuer, test control under /_idp/, and the
-failure modes (down, slow, garbage, reset) wrapped around the OIDC endpoints only."""
+failure modes (down, slow, garbage, reset; faults.py's huge and nested) around the OIDC endpoints only."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.idp import oauth
+from tests.idp.faults import DOCUMENT_MODES, fault_document
 from tests.idp.oauth import OAuthError
 from tests.idp.provider import ENDPOINTS, IdP
 
@@ -201,6 +202,10 @@ class Modes:
             return
         elif mode == "reset":
             scope["extensions"]["idp.reset"]()  # set by server.ResettableProtocol
+            return
+        elif mode in DOCUMENT_MODES:
+            document = fault_document(mode, self.idp, name)
+            await Response(document, 200, media_type="application/json")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

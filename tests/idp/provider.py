@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from tests.idp.keys import HMAC_HASHES, KeyFormat, KeyRing, hmac_jws, sign_jws, unsigned_jws
 
-Mode = Literal["normal", "down", "slow", "garbage", "reset"]
+Mode = Literal["normal", "down", "slow", "garbage", "reset", "huge", "nested"]  # faults.py: the last two
 MODES: tuple[str, ...] = get_args(Mode)
 # Endpoint name -> path under the issuer (Keycloak's layout). Names are what counters and modes use.
 ENDPOINTS: Mapping[str, str] = MappingProxyType(
