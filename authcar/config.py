@@ -135,6 +135,11 @@ class Settings:
     tls_client_cert_identity: bool = setting(
         False, "a verified client certificate (mTLS) without a token identifies the caller (URI SAN, else CN)"
     )
+    tls_forward_client_cert: bool = setting(
+        False,
+        "send the verified client certificate (mTLS) to the application as RFC 9440 Client-Cert;"
+        " client-sent certificate headers are always removed",
+    )
 
     policy_dir: Path = setting(
         Path("policies"),
@@ -624,11 +629,12 @@ def validate_oidc(s: Settings) -> list[str]:
             problems.append(f"{env_name('public_paths')}: {exc}")
     if s.token_cookie is not None and not COOKIE_NAME.fullmatch(s.token_cookie):
         problems.append(f"{env_name('token_cookie')}: {s.token_cookie!r} is not a valid cookie name")
-    if s.tls_client_cert_identity and s.tls_client_ca_file is None:
-        problems.append(
-            f"{env_name('tls_client_cert_identity')} needs client certificates"
-            f" ({env_name('tls_client_ca_file')})"
-        )
+    for needs_client_certificates in ("tls_client_cert_identity", "tls_forward_client_cert"):
+        if getattr(s, needs_client_certificates) and s.tls_client_ca_file is None:
+            problems.append(
+                f"{env_name(needs_client_certificates)} needs client certificates"
+                f" ({env_name('tls_client_ca_file')})"
+            )
 
     seen: set[str] = set()
     for index, issuer in enumerate(s.configured_issuers()):

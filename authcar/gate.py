@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
+from authcar.authn.certificate import certificate_of, client_cert_header
 from authcar.errors import (
     BadGateway,
     BadRequest,
@@ -77,6 +78,7 @@ class Gate:
         self.role_prefix = self.settings.policy_role_prefix
         self.dry_run = self.settings.dry_run
         self.dry_run_paths = PublicPaths.from_entries(self.settings.dry_run_paths) or None
+        self.forward_client_cert = self.settings.tls_forward_client_cert
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -141,6 +143,8 @@ class Gate:
 
             # 5. inject
             framed.headers.extend(sidecar.identity_headers.headers_for(identity, method, path))
+            if self.forward_client_cert and (certificate := certificate_of(scope)) is not None:
+                framed.headers.append(client_cert_header(certificate))
 
             # 6. forward
             if websocket:

@@ -32,7 +32,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -85,6 +85,7 @@ class ClientCertificate:
     serial: str  # hex
     not_after: float  # unix time
     fingerprint_sha256: str  # hex
+    der: bytes = field(default=b"", repr=False)  # the certificate itself, for AUTHCAR_TLS_FORWARD_CLIENT_CERT
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ def client_certificate(ssl_object: ssl.SSLObject | None) -> ClientCertificate | 
         serial=_serial_hex(cert),
         not_after=cert.not_valid_after_utc.timestamp(),
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        der=der,
     )
 
 

@@ -313,6 +313,7 @@ def test_authentication_settings_are_checked(tmp_path: Path) -> None:
             "AUTHCAR_PUBLIC_PATHS": "GET /healthz,/docs/../admin,BREW /pot",
             "AUTHCAR_TOKEN_COOKIE": "access token",
             "AUTHCAR_TLS_CLIENT_CERT_IDENTITY": "true",
+            "AUTHCAR_TLS_FORWARD_CLIENT_CERT": "true",
             "AUTHCAR_OIDC_JWKS_URL": "https://login.example/jwks",
             "AUTHCAR_INTROSPECTION_MAX_CONCURRENCY": "0",
         }
@@ -320,6 +321,7 @@ def test_authentication_settings_are_checked(tmp_path: Path) -> None:
     assert sum("AUTHCAR_PUBLIC_PATHS" in p for p in problems) == 2
     assert any("AUTHCAR_TOKEN_COOKIE" in p for p in problems)
     assert any("AUTHCAR_TLS_CLIENT_CERT_IDENTITY needs client certificates" in p for p in problems)
+    assert any("AUTHCAR_TLS_FORWARD_CLIENT_CERT needs client certificates" in p for p in problems)
     assert any("AUTHCAR_OIDC_ISSUER_URL is needed" in p for p in problems)
     assert any("AUTHCAR_INTROSPECTION_MAX_CONCURRENCY: must be greater than 0" in p for p in problems)
     s = load(env={"AUTHCAR_PUBLIC_PATHS": "GET|HEAD /healthz, /docs/*", "AUTHCAR_TOKEN_COOKIE": "access"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import io
 import json
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import RunningSidecar, start_sidecar
 from tests.process import ALLOW_ALL_POLICY
@@ -249,3 +251,32 @@ def test_starting_with_a_certificate_outside_its_dates_is_a_config_problem(
     assert re.search(rf"TLS: certificate in \S*tls\.crt {reason}", result.stderr), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "listening" not in result.stderr
+
+
+@pytest.mark.parametrize("forward", [False, True])
+async def test_only_the_verified_client_certificate_reaches_the_application(
+    upstream: RunningUpstream, tmp_path: Path, forward: bool
+) -> None:
+    """A client's own certificate headers are removed; with forwarding on, the sidecar sets Client-Cert."""
+    ca = CertAuthority("test-ca")
+    volume = SecretVolume(tmp_path / "tls")
+    publish(volume, ca.issue_server(), ca)
+    client_cert = ca.issue_client("billing", [x509.DNSName("billing.example")])
+    forged = {"Client-Cert": ":Zm9yZ2Vk:", "X-SSL-Client-S-DN": "CN=admin", "X-Forwarded-Client-Cert": "x"}
+    async with start_sidecar(
+        upstream.url,
+        tls_cert_file=volume.path("tls.crt"),
+        tls_key_file=volume.path("tls.key"),
+        tls_client_ca_file=volume.path("ca.crt"),
+        tls_forward_client_cert=forward,
+    ) as sidecar:
+        context = client_context(ca, client_cert, tmp_path)
+        async with httpx.AsyncClient(verify=context) as known:
+            response = await known.get(f"https://localhost:{sidecar.port}/cert", headers=forged)
+    assert response.status_code == 200
+    (seen,) = upstream.seen
+    assert seen.all("x-ssl-client-s-dn") == []
+    assert seen.all("x-forwarded-client-cert") == []
+    der = x509.load_pem_x509_certificate(client_cert.cert_pem).public_bytes(serialization.Encoding.DER)
+    expected = [":" + base64.b64encode(der).decode() + ":"] if forward else []
+    assert seen.all("client-cert") == expected

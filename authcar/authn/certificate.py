@@ -1,4 +1,5 @@
-"""Identity from a verified mTLS client certificate (AUTHCAR_TLS_CLIENT_CERT_IDENTITY).
+"""Identity from a verified mTLS client certificate (AUTHCAR_TLS_CLIENT_CERT_IDENTITY), and the
+certificate as the application may receive it (AUTHCAR_TLS_FORWARD_CLIENT_CERT).
 
 The subject is the certificate's first URI name (a SPIFFE ID such as
 `spiffe://cluster.local/ns/shop/sa/orders` is one), else its common name; the issuer is the
@@ -8,6 +9,7 @@ AUTHCAR_TLS_CLIENT_CA_FILE ever get here (`client_certificate` returns None othe
 
 from __future__ import annotations
 
+import base64
 from types import MappingProxyType
 
 from authcar.identity import Identity
@@ -38,3 +40,15 @@ def certificate_identity(certificate: ClientCertificate) -> Identity | None:
         ),
         source="client_certificate",
     )
+
+
+CLIENT_CERT_HEADER = b"client-cert"
+
+
+def client_cert_header(certificate: ClientCertificate) -> tuple[bytes, bytes]:
+    """RFC 9440 `Client-Cert`: the verified certificate's DER as a structured-field byte sequence.
+
+    Every client-sent copy (and every other client-certificate header family) was removed while
+    framing, so the application can believe this one (AUTHCAR_TLS_FORWARD_CLIENT_CERT).
+    """
+    return CLIENT_CERT_HEADER, b":" + base64.b64encode(certificate.der) + b":"
