@@ -25,6 +25,7 @@ import httptools
 
 SETTLE_TIMEOUT = 10.0  # generous upper bound: a correct sidecar closes within milliseconds
 IDLE_WINDOW = 0.2  # keep-alive mode only: no bytes for this long counts as quiet
+CONNECT_GRACE = 0.03  # close mode: how long an upstream connection that was never made is waited for
 
 
 @dataclass
@@ -304,11 +305,12 @@ class RecordingUpstream:
             kept.append(connection)
         self.connections = kept
 
-    async def quiet(self, within: float = SETTLE_TIMEOUT) -> None:
+    async def quiet(self, within: float = SETTLE_TIMEOUT, grace: float = 0.0) -> None:
         """Wait until nothing more can arrive for what was sent so far.
 
-        Close mode: every connection has been closed by the sidecar (exact). Keep-alive mode: no
-        connection is inside a request and no byte arrived for IDLE_WINDOW seconds.
+        Close mode: every connection has been closed by the sidecar (exact), and nothing happened
+        for `grace` seconds. Keep-alive mode: no connection is inside a request and no byte arrived
+        for IDLE_WINDOW seconds.
         Raises AssertionError, describing the connections, if that does not happen `within` seconds.
         """
         loop = asyncio.get_running_loop()
@@ -321,9 +323,15 @@ class RecordingUpstream:
                     return
                 wait = IDLE_WINDOW
             else:
-                if self.open_count() == 0:
+                # Closed is exact for what arrived; the grace covers a connection not yet made
+                # (an answer to the client can come before the sidecar connects upstream).
+                if self.open_count() == 0 and now - self.last_activity >= grace:
                     return
-                wait = deadline - now
+                wait = (
+                    max(grace - (now - self.last_activity), 0.001)
+                    if self.open_count() == 0
+                    else deadline - now
+                )
             if now >= deadline:
                 raise AssertionError(f"the upstream did not settle within {within} s:\n{self.describe()}")
             self.activity.clear()

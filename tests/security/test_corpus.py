@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.recording_upstream import CONNECT_GRACE
 from tests.security.corpus import Case, load_cases
 from tests.security.expect import expectation_problems, invariant_problems
 from tests.security.stack import HOST, Stack, running_stack
@@ -137,7 +138,7 @@ async def test_case(stack: Stack, case: Case) -> None:
     log_offset = stack.log_size()
     data = case.render(fill_for(stack))
     result = await exchange(stack.port, data, responses=len(case.statuses))
-    await stack.upstream.quiet()
+    await stack.upstream.quiet(grace=CONNECT_GRACE)
     problems = answer_problems(case, result) + upstream_problems(case, stack)
     stack.upstream.reset()
     problems += await health_problems(stack, log_offset)
