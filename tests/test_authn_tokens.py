@@ -11,8 +11,12 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from authcar.authn.jwt import IssuerPolicy, JWTValidator, TokenRejected
+from authcar.authn.keys import MAX_KEYS, KeySet, KeySetError, parse_jwks
 from tests.conftest import RunningSidecar, start_sidecar
 from tests.idp import IdP, run_idp
 from tests.upstream_app import RunningUpstream
@@ -33,15 +39,19 @@ async def idp() -> AsyncIterator[IdP]:
         yield provider
 
 
+def guarding(
+    upstream: RunningUpstream, idp: IdP, **overrides: Any
+) -> AbstractAsyncContextManager[RunningSidecar]:
+    """A sidecar that requires the provider's tokens for audience `api`."""
+    options: dict[str, Any] = {"oidc_jwks_cooldown": 30, **overrides}
+    return start_sidecar(
+        upstream.url, allow_anonymous=False, oidc_issuer_url=idp.issuer, oidc_audience=("api",), **options
+    )
+
+
 @pytest.fixture
 async def guarded(upstream: RunningUpstream, idp: IdP) -> AsyncIterator[RunningSidecar]:
-    async with start_sidecar(
-        upstream.url,
-        allow_anonymous=False,
-        oidc_issuer_url=idp.issuer,
-        oidc_audience=("api",),
-        oidc_jwks_cooldown=30,
-    ) as sidecar:
+    async with guarding(upstream, idp) as sidecar:
         yield sidecar
 
 
@@ -51,7 +61,11 @@ async def call(sidecar: RunningSidecar, token: str | None, path: str = "/books")
         return await client.get(path, headers=headers)
 
 
-def assert_refused(response: httpx.Response, upstream: RunningUpstream, reason: str | None = None) -> None:
+def assert_refused(
+    response: httpx.Response, upstream: RunningUpstream, reason: str | None = None, *, forwarded: int = 0
+) -> None:
+    """401 with the RFC 6750 challenge, and nothing more reached the upstream than the `forwarded`
+    requests before it."""
     assert response.status_code == 401, response.text
     body = response.json()
     assert set(body) == {"error", "error_description", "request_id"}
@@ -59,7 +73,7 @@ def assert_refused(response: httpx.Response, upstream: RunningUpstream, reason: 
         assert body["error"] == reason
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith('Bearer realm="authcar", error="invalid_token", error_description="')
-    assert upstream.seen == []
+    assert len(upstream.seen) == forwarded
 
 
 def b64(data: bytes) -> str:
@@ -403,3 +417,297 @@ async def test_tokens_alternating_on_one_connection_each_get_their_own_identity(
         "alice",
         "bob",
     ]
+
+
+# --- what the decoder refuses (authcar/jsonlimits.py): 401, never a 5xx, nothing upstream ----------
+
+
+def signed(idp: IdP, payload: bytes, header: bytes | None = None) -> str:
+    """A token whose payload is exactly these JSON bytes, validly signed by the provider's RS256 key:
+    refused only for what its JSON holds."""
+    key = idp.ring.signer("RS256")
+    head = b64(header if header is not None else json.dumps({"alg": "RS256", "kid": key.kid}).encode())
+    signing_input = head + "." + b64(payload)
+    return signing_input + "." + b64(key.sign(signing_input.encode(), "RS256"))
+
+
+def payload_with(idp: IdP, *, repeat: bool = False, **raw: str) -> bytes:
+    """The provider's usual claims, with members whose JSON text is given as written (in place of
+    the usual ones of that name, or after them with `repeat`)."""
+    claims = {name: value for name, value in claims_for(idp).items() if repeat or name not in raw}
+    text = json.dumps(claims)[:-1]
+    return (text + "".join(f', "{name}": {value}' for name, value in raw.items()) + "}").encode()
+
+
+def assert_undecodable(response: httpx.Response, upstream: RunningUpstream, why: str) -> None:
+    assert_refused(response, upstream, "malformed")
+    assert response.json()["error_description"].endswith(f"is not an acceptable JSON object ({why})")
+
+
+# Thousands of levels (Python's json recurses once per level), each within the 16 KiB token limit.
+NESTED = {
+    "arrays": "[" * 5000 + "]" * 5000,
+    "objects": '{"":' * 2000 + "1" + "}" * 2000,
+    "unclosed": "[" * 10000,
+    "mixed": '[{"":' * 1400 + "1" + "}]" * 1400,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(NESTED))
+@pytest.mark.parametrize("where", ["header", "payload"])
+async def test_deeply_nested_json_is_refused(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP, shape: str, where: str
+) -> None:
+    deep = NESTED[shape]
+    if where == "header":
+        kid = idp.ring.signer("RS256").kid
+        token = signed(idp, payload_with(idp), f'{{"alg": "RS256", "kid": "{kid}", "x": {deep}}}'.encode())
+        unsigned = b64(f'{{"alg": "none", "x": {deep}}}'.encode()) + "." + b64(payload_with(idp))
+    else:
+        token = signed(idp, payload_with(idp, x=deep))
+        unsigned = b64(b'{"alg":"none"}') + "." + b64(payload_with(idp, x=deep))
+    unsigned += ".c2ln"  # a signature of sorts: the decoder is reached before anything checks it
+    for attempt in (token, unsigned):
+        assert len(attempt) <= 16384
+        assert_undecodable(await call(guarded, attempt), upstream, "too_deep")
+
+
+@pytest.mark.parametrize(
+    ("claim", "text", "why"),
+    [
+        ("exp", str(10**400), "number_too_large"),
+        ("exp", "1e400", "number_too_large"),
+        ("exp", "-1e400", "number_too_large"),
+        ("iat", str(-(10**400)), "number_too_large"),
+        ("nbf", "1" * 25, "number_too_large"),
+        ("exp", "NaN", "not_a_number"),
+        ("iat", "Infinity", "not_a_number"),
+        ("level", str(10**400), "number_too_large"),  # any claim: it may become a header or operand
+        ("level", "1e999", "number_too_large"),
+        ("ratio", "0." + "0" * 60 + "1", "number_too_large"),
+        ("sub", json.dumps("x" * 9000), "string_too_long"),
+        ("groups", json.dumps([0] * 1001), "too_many_members"),
+        ("sub", '"\\ud800"', "invalid_string"),  # half a surrogate pair: not UTF-8 for anyone
+    ],
+)
+async def test_claims_beyond_the_decoder_limits_are_refused(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP, claim: str, text: str, why: str
+) -> None:
+    token = signed(idp, payload_with(idp, **{claim: text}))
+    assert_undecodable(await call(guarded, token), upstream, why)
+    # The same token without the odd claim is fine: the refusal is about that claim alone.
+    assert (await call(guarded, signed(idp, payload_with(idp)))).status_code == 200
+
+
+async def test_repeated_claim_names_are_refused(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP
+) -> None:
+    # Which `sub` is meant? A parser that keeps the first and one that keeps the last disagree.
+    token = signed(idp, payload_with(idp, repeat=True, sub='"admin"'))
+    assert_undecodable(await call(guarded, token), upstream, "repeated_name")
+    kid = idp.ring.signer("RS256").kid
+    header = f'{{"alg": "RS256", "kid": "{kid}", "alg": "none"}}'.encode()
+    assert_undecodable(await call(guarded, signed(idp, payload_with(idp), header)), upstream, "repeated_name")
+
+
+async def test_numbers_within_the_limits_still_work(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP
+) -> None:
+    now = int(time.time())
+    token = signed(idp, payload_with(idp, exp=f"{now + 300}.5", level=str(2**63), ratio="1e-300"))
+    response = await call(guarded, token)
+    assert response.status_code == 200, response.text
+    assert len(upstream.seen) == 1
+
+
+async def test_a_flood_of_undecodable_tokens_logs_no_traceback(
+    guarded: RunningSidecar, upstream: RunningUpstream, idp: IdP, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = [signed(idp, payload_with(idp, exp=str(10 ** (400 + i)))) for i in range(20)]
+    tokens += [b64(b'{"alg":"none","x":' + b"[" * (3000 + i) + b"]}") + ".e30.c2ln" for i in range(20)]
+    with caplog.at_level("INFO"):
+        responses = await asyncio.gather(*(call(guarded, token) for token in tokens))
+    assert {response.status_code for response in responses} == {401}
+    assert [record for record in caplog.records if record.exc_info] == []
+    assert [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")] == []
+    assert upstream.seen == []
+
+
+class BrokenIssuer:
+    """An issuer whose claim mapping has a bug: it raises something no check expects."""
+
+    def __init__(self, policy: IssuerPolicy, keyset: KeySet) -> None:
+        self.policy = policy
+        self.keyset = keyset
+
+    def identify(self, claims: Any) -> Any:
+        raise ZeroDivisionError("a bug in the claim mapping")
+
+
+async def test_an_unexpected_error_denies_and_logs_one_traceback_per_interval(
+    idp: IdP, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(idp.keys))
+    keyset = KeySet(None, static_file=path)
+    await keyset.refresh()
+    policy = IssuerPolicy(issuer=idp.issuer, audiences=frozenset({"api"}), algorithms=frozenset({"RS256"}))
+    validator = JWTValidator({idp.issuer: BrokenIssuer(policy, keyset)})
+    with caplog.at_level(logging.ERROR, logger="authcar.authn"):
+        for _ in range(5):
+            with pytest.raises(TokenRejected) as refused:
+                await validator.validate(idp.mint())
+            assert refused.value.reason == "verification_failed"
+    assert [record.exc_info is not None for record in caplog.records] == [True]
+    assert caplog.records[0].getMessage() == "token_verification_error"
+
+
+# --- what the provider publishes: refused documents keep the last good keys -------------------------
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait for the condition; `within` is a generous upper bound, never a speed requirement."""
+    deadline = time.monotonic() + within
+    while True:
+        outcome = condition()
+        if outcome if isinstance(outcome, bool) else await outcome:
+            return
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def keys_ready(sidecar: RunningSidecar) -> bool:
+    """Ready, with every key set loaded and its last refresh a success."""
+    ready = await admin_get(sidecar, "/readyz")
+    return ready.status_code == 200 and "detail" not in ready.json()["checks"]["keys"]
+
+
+def jwks_with(idp: IdP, *extra: dict[str, Any]) -> dict[str, Any]:
+    return {"keys": [*idp.keys["keys"], *extra]}
+
+
+def rsa_jwk(kid: str, bits: int) -> dict[str, Any]:
+    """The public JWK of an RSA key of this size (a public key needs no private half to exist)."""
+    n = secrets.randbits(bits) | 1 | (1 << (bits - 1))
+    jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(rsa.RSAPublicNumbers(65537, n).public_key()))
+    return {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
+
+
+BAD_JWKS: dict[str, Callable[[IdP], bytes]] = {
+    "nested": lambda idp: b'{"keys": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    "unclosed": lambda idp: b"[" * 100_000,
+    "garbage": lambda idp: b"\x00\xff<html>502 Bad Gateway</html>",
+    "not_utf8": lambda idp: json.dumps(idp.keys).encode("utf-16"),
+    "huge_integer": lambda idp: json.dumps(jwks_with(idp))[:-1].encode() + b', "n": ' + b"9" * 5000 + b"}",
+    "infinity": lambda idp: json.dumps(jwks_with(idp, {"kty": "RSA", "kid": "x", "e": 1e400})).encode(),
+    "repeated_keys_member": lambda idp: b'{"keys": [], ' + json.dumps(idp.keys).encode()[1:],
+    "oversized": lambda idp: json.dumps(jwks_with(idp, {"kid": "pad", "x5c": ["A" * 60_000] * 10})).encode(),
+    "not_an_object": lambda idp: json.dumps(idp.keys["keys"]).encode(),
+    "too_many_keys": lambda idp: json.dumps(
+        jwks_with(idp, *({**idp.keys["keys"][0], "kid": f"copy-{i}"} for i in range(MAX_KEYS)))
+    ).encode(),
+}
+
+
+@pytest.fixture
+async def refreshing(upstream: RunningUpstream, idp: IdP) -> AsyncIterator[RunningSidecar]:
+    """A sidecar that refetches the JWKS every 0.2 s."""
+    async with guarding(upstream, idp, oidc_jwks_refresh_interval=0.2, oidc_jwks_cooldown=0.2) as sidecar:
+        yield sidecar
+
+
+async def admin_get(sidecar: RunningSidecar, path: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(sidecar.admin_url + path)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_JWKS))
+async def test_a_refused_jwks_keeps_the_last_good_keys(
+    refreshing: RunningSidecar,
+    upstream: RunningUpstream,
+    idp: IdP,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    assert (await call(refreshing, idp.mint())).status_code == 200
+    new_kid = idp.rotate("RS256")  # published only in the documents that are refused below
+    document = BAD_JWKS[name](idp)
+    idp.raw_answers["jwks"] = document
+    with caplog.at_level(logging.INFO, logger="authcar"):
+        fetched = idp.jwks_fetches
+        await until(lambda: idp.jwks_fetches >= fetched + 3)
+        # Tokens of the keys loaded before keep working; the key only the refused document names does not.
+        fresh = await call(refreshing, idp.mint(alg="ES256"))
+        assert fresh.status_code == 200, fresh.text
+        unknown = await call(refreshing, idp.mint(kid=new_kid))
+        assert_refused(unknown, upstream, "unknown_key", forwarded=2)
+        ready = await admin_get(refreshing, "/readyz")
+    assert ready.status_code == 200
+    assert "last refresh failed" in ready.json()["checks"]["keys"]["detail"]
+    metrics = (await admin_get(refreshing, "/metrics")).text
+    assert 'authcar_jwks_fetches_total{result="failure"}' in metrics
+    failures = [record for record in caplog.records if record.getMessage() == "jwks_fetch_failed"]
+    assert failures, "every refused fetch is logged"
+    assert len(failures) <= idp.jwks_fetches - fetched  # once per fetch, not per request
+    assert [record for record in caplog.records if record.exc_info] == []
+    # The provider recovers: the same process picks the new key up, without a restart.
+    idp.raw_answers.clear()
+    await until(lambda: keys_ready(refreshing))
+    assert (await call(refreshing, idp.mint(kid=new_kid))).status_code == 200
+
+
+async def test_keys_out_of_bounds_are_skipped_and_the_rest_are_used(
+    refreshing: RunningSidecar, upstream: RunningUpstream, idp: IdP, caplog: pytest.LogCaptureFixture
+) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_jwk = {**json.loads(RSAAlgorithm.to_jwk(weak.public_key())), "kid": "weak", "alg": "RS256"}
+    with caplog.at_level(logging.WARNING, logger="authcar.keys"):
+        idp.raw_answers["jwks"] = json.dumps(jwks_with(idp, weak_jwk, rsa_jwk("huge", 9000))).encode()
+        fetched = idp.jwks_fetches
+        await until(lambda: idp.jwks_fetches >= fetched + 2)
+    signing_input = b64(b'{"alg":"RS256","kid":"weak"}') + "." + b64(json.dumps(claims_for(idp)).encode())
+    signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(signing_input.encode(), weak)
+    token = signing_input + "." + b64(signature)
+    assert_refused(await call(refreshing, token), upstream, "unknown_key")
+    assert (await call(refreshing, idp.mint())).status_code == 200  # the document itself was used
+    skipped = [record for record in caplog.records if record.getMessage() == "jwks_keys_skipped"]
+    assert skipped
+    assert skipped[0].kids == ["weak", "huge"]  # type: ignore[attr-defined]
+
+
+def test_parse_jwks_bounds() -> None:
+    good = rsa_jwk("good", 2048)
+    assert set(parse_jwks({"keys": [good, rsa_jwk("small", 2047), rsa_jwk("large", 8193)]})) == {"good"}
+    assert set(
+        parse_jwks({"keys": [good, {**rsa_jwk("big-e", 2048), "e": b64((2**256 + 1).to_bytes(33, "big"))}]})
+    ) == {"good"}
+    assert set(parse_jwks({"keys": [rsa_jwk("top", 8192)]})) == {"top"}
+    with pytest.raises(KeySetError, match="more than 100"):
+        parse_jwks({"keys": [good] * (MAX_KEYS + 1)})
+    for broken in (
+        {"kty": "RSA", "n": 5, "e": "AQAB"},
+        {"kty": "RSA", "n": ["x"], "e": {}},
+        {"kty": "EC", "crv": "P-256"},
+    ):
+        assert parse_jwks({"keys": [good, {**broken, "kid": "broken"}]}).keys() == {"good"}
+
+
+async def test_a_refused_discovery_document_means_not_ready_and_401_then_recovers(
+    upstream: RunningUpstream, idp: IdP, caplog: pytest.LogCaptureFixture
+) -> None:
+    for document in (b"[" * 50_000, b'{"issuer": "' + idp.issuer.encode() + b'", "jwks_uri": 1e999}'):
+        idp.raw_answers["discovery"] = document
+        with caplog.at_level(logging.INFO, logger="authcar"):
+            async with guarding(upstream, idp) as sidecar:
+                await until(lambda: idp.counts["discovery"] >= 1)
+                response = await call(sidecar, idp.mint())
+                assert_refused(response, upstream, "keys_unavailable")
+                ready = await admin_get(sidecar, "/readyz")
+                assert ready.status_code == 503
+                assert "acceptable JSON" in ready.json()["checks"]["keys"]["detail"]
+                idp.raw_answers.clear()  # the provider recovers; discovery is retried every 5 s
+                await until(lambda: keys_ready(sidecar))
+                assert (await call(sidecar, idp.mint())).status_code == 200
+        assert [record for record in caplog.records if record.exc_info] == []
+        upstream.seen.clear()
+        idp.reset_counters()

@@ -6,6 +6,7 @@ garbage, a failing store)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import logging
@@ -23,7 +24,9 @@ from authcar.authn.introspection import Introspector, client_auth_method
 from authcar.authn.jwt import TokenRejected
 from authcar.authn.keys import discover
 from authcar.store import MemoryStore, StoreUnavailable
+from tests.conftest import start_sidecar
 from tests.idp import IdP, run_idp
+from tests.upstream_app import RunningUpstream
 
 MAPPING = ClaimMapping()
 LOGGER = "authcar.introspection"
@@ -441,6 +444,127 @@ async def test_failures_are_logged_at_a_trickle(
     assert [record.getMessage() for record in caplog.records] == ["introspection_failed"]
 
 
+def active_answer(idp: IdP, **raw: str) -> bytes:
+    """What the provider says of an active token, with members whose JSON text is given as written."""
+    now = int(time.time())
+    claims = {"active": True, "iss": idp.issuer, "sub": "grace", "exp": now + 300, "token_type": "Bearer"}
+    claims = {name: value for name, value in claims.items() if name not in raw}
+    return (json.dumps(claims)[:-1] + "".join(f', "{k}": {v}' for k, v in raw.items()) + "}").encode()
+
+
+UNACCEPTABLE_ANSWERS: dict[str, Callable[[IdP], bytes]] = {
+    "too_deep": lambda idp: active_answer(idp, x="[" * 5000 + "]" * 5000),
+    "too_deep unclosed": lambda idp: b'{"active": true, "x": ' + b"{" * 20_000,
+    "number_too_large exp": lambda idp: active_answer(idp, exp=str(10**400)),
+    "number_too_large float": lambda idp: active_answer(idp, exp="1e400"),
+    "number_too_large claim": lambda idp: active_answer(idp, level="9" * 30),
+    "not_a_number": lambda idp: active_answer(idp, nbf="NaN"),
+    "repeated_name": lambda idp: b'{"active": false, ' + active_answer(idp)[1:],
+    "string_too_long": lambda idp: active_answer(idp, sub=json.dumps("x" * 9000)),
+    "too_many_members": lambda idp: active_answer(idp, groups=json.dumps(["g"] * 1001)),
+    "invalid_string": lambda idp: active_answer(idp, sub='"\\udfff"'),
+    "not_utf8": lambda idp: active_answer(idp).decode().encode("utf-16"),
+    "not_an_object": lambda idp: b"[true]",
+    "not_json": lambda idp: b"\x00garbage{",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNACCEPTABLE_ANSWERS))
+async def test_an_unacceptable_answer_is_a_provider_failure(
+    make: Callable[..., Any],
+    idp: IdP,
+    store: MemoryStore,
+    calls: list[tuple[str, float]],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    introspector = await make()
+    token = idp.mint_opaque(sub="grace")
+    idp.raw_answers["introspect"] = UNACCEPTABLE_ANSWERS[name](idp)
+    with caplog.at_level(logging.INFO, logger="authcar"):
+        for _ in range(3):
+            rejection = await refused(introspector, token)
+            assert (rejection.reason, rejection.description) == (
+                "introspection_unavailable",
+                "the token cannot be verified now",
+            )
+    assert await store.get(cache_key(token)) is None  # never cached: the next answer may be good
+    assert idp.introspections == 3
+    [record] = caplog.records  # once per interval, and never a traceback
+    assert record.getMessage() == "introspection_failed"
+    assert record.exc_info is None
+    assert f"({name.split()[0]})" in record.error  # type: ignore[attr-defined]
+    assert [result for result, _ in calls] == ["error"] * 3
+    del idp.raw_answers["introspect"]
+    assert (await introspector.verify(token)).identity.subject == "grace"
+
+
+async def test_through_the_sidecar_an_unacceptable_answer_is_a_401_and_nothing_is_forwarded(
+    idp: IdP, upstream: RunningUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        start_sidecar(
+            upstream.url,
+            allow_anonymous=False,
+            oidc_issuer_url=idp.issuer,
+            oidc_audience=("api",),
+            oidc_client_id="authcar",
+            oidc_client_secret="authcar-secret",
+        ) as sidecar,
+        httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client,
+    ):
+        with caplog.at_level(logging.INFO, logger="authcar"):
+            for name in sorted(UNACCEPTABLE_ANSWERS):
+                idp.raw_answers["introspect"] = UNACCEPTABLE_ANSWERS[name](idp)
+                token = idp.mint_opaque(sub="grace")
+                response = await client.get("/books", headers={"Authorization": f"Bearer {token}"})
+                assert response.status_code == 401, (name, response.text)
+                assert response.json()["error"] == "introspection_unavailable"
+                assert response.headers["www-authenticate"].startswith(
+                    'Bearer realm="authcar", error="invalid_token"'
+                )
+        assert upstream.seen == []
+        assert [record for record in caplog.records if record.exc_info] == []
+        del idp.raw_answers["introspect"]
+        token = idp.mint_opaque(sub="grace")
+        response = await client.get("/books", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        assert [seen.header("x-auth-request-user") for seen in upstream.seen] == ["grace"]
+
+
+async def test_numbers_within_the_limits_are_accepted(make: Callable[..., Any], idp: IdP) -> None:
+    introspector = await make()
+    idp.raw_answers["introspect"] = active_answer(idp, exp=f"{int(time.time()) + 300}.25", level=str(2**63))
+    verified = await introspector.verify(idp.mint_opaque())
+    assert (verified.identity.subject, verified.claims["level"]) == ("grace", 2**63)
+
+
+async def test_a_compressed_answer_is_a_provider_failure(
+    make: Callable[..., Any], idp: IdP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """authcar asks for `identity`: a provider that compresses anyway could send a decompression bomb."""
+    answer = gzip.compress(active_answer(idp))
+
+    async def compressing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(answer), answer)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(compressing, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        introspector = await make(endpoint=f"http://127.0.0.1:{port}/introspect")
+        with caplog.at_level(logging.ERROR, logger=LOGGER):
+            assert (await refused(introspector, "opaque-token")).reason == "introspection_unavailable"
+    finally:
+        server.close()
+    assert "compressed" in caplog.records[0].error  # type: ignore[attr-defined]
+
+
 # -- client authentication
 
 
@@ -514,6 +638,9 @@ async def test_failing_store_still_answers_correctly(
         b'{"v": 1, "claims": {"sub": "mallory", "exp": "soon"}}',
         b'{"v": 1, "v": 1, "claims": {"sub": "mallory"}}',
         b"\xff\xfe",
+        b'{"v": 1, "claims": ' + b"[" * 50_000 + b"}",
+        b'{"v": 1, "claims": {"sub": "mallory", "exp": 1' + b"0" * 400 + b"}}",
+        b'{"v": 1, "claims": {"sub": "mallory", "exp": 1e400}}',
     ],
 )
 async def test_corrupt_cache_entries_are_misses(

@@ -18,8 +18,10 @@ Caching trades revocation latency for provider load: a token revoked at the prov
 until its positive entry ends (at most `cache_ttl`, never past the token's `exp`); `cache_ttl=0`
 asks the provider on every request. Refusals (inactive, expired, wrong issuer...) are cached for
 `negative_ttl`, so a flood of one bad token costs one call per `negative_ttl`. Provider failures
-(timeout, refused connection, 5xx, 401, an answer that is not a JSON object) are never cached, and a
-store that fails only costs its cache: the provider is asked directly, never fail open.
+(timeout, refused connection, 5xx, 401, an answer that is not a JSON object within
+authcar.jsonlimits, or larger than 64 KiB, or compressed) are never cached and answered 401
+`introspection_unavailable`, logged at most once per interval; a store that fails only costs its
+cache: the provider is asked directly, never fail open.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import logging
 import math
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
@@ -40,7 +41,17 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from authcar.authn.jwt import DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY, Identify, TokenRejected, VerifiedToken
+from authcar.authn.fetch import PLAIN_ANSWER, UnreadableAnswer, read_bounded
+from authcar.authn.jwt import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    MAX_LEEWAY,
+    Identify,
+    TokenRejected,
+    VerifiedToken,
+    time_claim,
+)
+from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
+from authcar.loglimit import LogLimiter
 from authcar.store import MAX_TTL, Store, StoreUnavailable
 
 log = logging.getLogger("authcar.introspection")
@@ -48,6 +59,14 @@ log = logging.getLogger("authcar.introspection")
 ClientAuth = Literal["client_secret_basic", "client_secret_post"]
 # A provider answer larger than this is a provider failure, never parsed.
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_ERROR_BYTES = 4096  # of a refusal's body: only its OAuth error code is read
+ANSWER_LIMITS = JSONLimits(max_bytes=MAX_ANSWER_BYTES)
+# A stored entry wraps accepted claims one level deeper, re-encoded (escapes and numbers may grow).
+ENTRY_LIMITS = JSONLimits(
+    max_bytes=8 * MAX_ANSWER_BYTES,
+    max_depth=ANSWER_LIMITS.max_depth + 1,
+    max_string=6 * ANSWER_LIMITS.max_string,
+)
 CACHE_PREFIX = "introspect:"
 ENTRY_VERSION = 1  # a store shared by replicas of different versions treats other versions as misses
 # RFC 6750 section 2.1: the only characters a bearer token can hold.
@@ -56,7 +75,6 @@ REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DESCRIPTION = re.compile(r"[\x20-\x7e]{1,200}")
 ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 STORE_TIMEOUT = 1.0  # a store slower than this counts as down: the provider is asked instead
-LOG_INTERVAL = 10.0  # seconds between two log lines about the same kind of failure
 
 UNAVAILABLE = "introspection_unavailable"
 BUSY = "introspection_busy"
@@ -107,34 +125,20 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object without repeated names: `{"active": false, "active": true}` is no answer at all."""
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("repeated member name")
-    return result
-
-
-def no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def json_object(data: bytes) -> dict[str, Any] | None:
-    """The JSON object in `data`, or None for anything else (strict: no NaN, no repeated names)."""
+def json_object(data: bytes, limits: JSONLimits = ANSWER_LIMITS) -> dict[str, Any] | None:
+    """The JSON object in `data`, or None for anything else (see authcar.jsonlimits: bounded, strict,
+    no NaN, no repeated names)."""
     try:
-        value = json.loads(data, object_pairs_hook=unique_keys, parse_constant=no_constants)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+        return decode_object(data, limits)
+    except JSONRejected:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def number_claim(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProviderFailure(f"the answer's {name!r} is not a number")
-    return float(value)
+    try:
+        return time_claim(claims, name)
+    except TokenRejected:
+        raise ProviderFailure(f"the answer's {name!r} is not a number") from None
 
 
 def encode_claims(claims: Mapping[str, Any]) -> bytes:
@@ -148,7 +152,7 @@ def encode_rejection(refusal: TokenRejected) -> bytes:
 
 def decode_entry(raw: bytes) -> dict[str, Any] | TokenRejected | None:
     """A stored entry: the claims of an active token, a refusal, or None when it is not ours to read."""
-    entry = json_object(raw)
+    entry = json_object(raw, ENTRY_LIMITS)
     if entry is None or entry.get("v") != ENTRY_VERSION:
         return None
     claims = entry.get("claims")
@@ -163,25 +167,6 @@ def decode_entry(raw: bytes) -> dict[str, Any] | TokenRejected | None:
     ):
         return TokenRejected(reason, description)
     return None
-
-
-class LogLimiter:
-    """At most one log line per kind of event per interval: an outage or a flood logs a trickle."""
-
-    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.last: dict[str, float] = {}
-        self.suppressed: Counter[str] = Counter()
-
-    def __call__(self, kind: str) -> int | None:
-        """None: stay quiet; else log, mentioning this many lines left out since the last one."""
-        now = self.clock()
-        if now - self.last.get(kind, -math.inf) < self.interval:
-            self.suppressed[kind] += 1
-            return None
-        self.last[kind] = now
-        return self.suppressed.pop(kind, 0)
 
 
 class Introspector:
@@ -234,7 +219,7 @@ class Introspector:
         self.on_call = on_call or (lambda result, seconds: None)
         self.clock = clock
         self.auth_method = client_auth_method(auth_methods)
-        self.headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        self.headers = dict(PLAIN_ANSWER)
         self.form = {"token_type_hint": "access_token"}
         if self.auth_method == "client_secret_basic":
             self.headers["Authorization"] = basic_authorization(client_id, client_secret)
@@ -415,17 +400,20 @@ class Introspector:
         try:
             async with self.http.stream("POST", self.endpoint, data=form, headers=self.headers) as response:
                 if response.status_code != 200:
-                    body = await read_at_most(response, 4096)
-                    raise ProviderFailure(status_failure(response.status_code, body))
-                body = await read_at_most(response, MAX_ANSWER_BYTES)
+                    try:
+                        refusal: bytes | None = await read_bounded(response, MAX_ERROR_BYTES)
+                    except UnreadableAnswer:
+                        refusal = None
+                    raise ProviderFailure(status_failure(response.status_code, refusal))
+                body = await read_bounded(response, MAX_ANSWER_BYTES)
         except httpx.HTTPError as exc:
             raise ProviderFailure(f"cannot reach the provider: {type(exc).__name__}") from None
-        if body is None:
-            raise ProviderFailure(f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
-        answer = json_object(body)
-        if answer is None:
-            raise ProviderFailure("the answer is not a JSON object")
-        return answer
+        except UnreadableAnswer as exc:
+            raise ProviderFailure(str(exc)) from None
+        try:
+            return decode_object(body, ANSWER_LIMITS)
+        except JSONRejected as exc:
+            raise ProviderFailure(f"the answer is not an acceptable JSON object ({exc.reason})") from None
 
     def provider_failed(self, failure: str) -> None:
         if (suppressed := self.quiet("provider")) is not None:
@@ -475,19 +463,6 @@ def is_access_token(claims: Mapping[str, Any]) -> bool:
     if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
         return False
     return token_use is None or token_use in ACCESS_TOKEN_USES
-
-
-async def read_at_most(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or None once it passes `limit` bytes (the rest is never read)."""
-    length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def status_failure(status: int, body: bytes | None) -> str:

@@ -1,7 +1,8 @@
 """JWT access-token validation: every check in a fixed order, each failure with its own reason.
 
 Order (cheapest and most hostile-input-proof first):
-  1. size cap, then shape: 3 parts (5 parts is JWE: refused), base64url, JSON objects
+  1. size cap, then shape: 3 parts (5 parts is JWE: refused), base64url, JSON objects within
+     authcar.jsonlimits (nesting, members, strings, number sizes: no RecursionError, no OverflowError)
   2. the verified-token cache: a token seen and verified before costs a hash and a dict lookup
   3. header: `alg` must be allowed for the issuer and never `none`; `crit` is refused (we implement no
      extensions); `jku`, `x5u`, `jwk`, `x5c` are ignored, never fetched; `kid` is only a dict key
@@ -16,6 +17,9 @@ signatures and EdDSA); the parsing and checks around it are ours, so that a gap 
 version (crit: CVE-2026-32597, issuer substring: CVE-2024-53861) is not a gap in authcar, and so a
 first-seen token costs about one signature check (`jwt.decode` would parse the token again with a
 per-character alphabet check, several times the cost of the RSA verification itself).
+
+Whatever goes wrong while a token is checked, the answer is a TokenRejected (401): an unexpected
+exception is a bug, logged with its traceback at most once per interval, never once per request.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
+import logging
 import math
 import re
 import time
@@ -38,6 +42,10 @@ from jwt.exceptions import PyJWTError
 
 from authcar.authn.keys import ASYMMETRIC_ALGORITHMS, KeySet
 from authcar.identity import Identity
+from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
+from authcar.loglimit import LogLimiter
+
+log = logging.getLogger("authcar.authn")
 
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -119,23 +127,37 @@ def b64decode(part: str) -> bytes:
     return data
 
 
-def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float) -> None:
+def time_claim(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim as seconds, None when absent; a JSON number that is not a time is malformed."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected("malformed", f"the token's {name!r} claim is not a number")
+    try:
+        seconds = float(value)  # an integer beyond a double's range raises here, not later
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise TokenRejected("malformed", f"the token's {name!r} claim is not a usable time")
+    return seconds
+
+
+def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float) -> float:
     """Registered claims as pyjwt checks them (required, iat, nbf, exp, aud, sub, jti), but with
-    numbers required to be JSON numbers; `iss` was matched exactly when it selected the issuer."""
+    times required to be finite JSON numbers; `iss` was matched exactly when it selected the issuer.
+    Returns `exp`."""
     for name in dict.fromkeys(("exp", *policy.required_claims)):
         if claims.get(name) is None:
             raise TokenRejected("missing_claim", f"the token lacks the {name!r} claim")
-    for name in ("exp", "iat", "nbf"):
-        if name in claims:
-            value = claims[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise TokenRejected("malformed", f"the token's {name!r} claim is not a number")
+    exp, iat, nbf = (time_claim(claims, name) for name in ("exp", "iat", "nbf"))
+    assert exp is not None  # required above
     leeway = policy.leeway
-    if "iat" in claims and claims["iat"] > now + leeway:
+    if iat is not None and iat > now + leeway:
         raise TokenRejected("not_yet_valid", "the token is not valid yet")
-    if "nbf" in claims and claims["nbf"] > now + leeway:
+    if nbf is not None and nbf > now + leeway:
         raise TokenRejected("not_yet_valid", "the token is not valid yet")
-    if claims["exp"] <= now - leeway:
+    if exp <= now - leeway:
         raise TokenRejected("expired", "the token has expired")
     if policy.audiences:
         audience = claims.get("aud")
@@ -150,16 +172,16 @@ def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float) ->
     for name in ("sub", "jti"):
         if name in claims and not isinstance(claims[name], str):
             raise TokenRejected("malformed", f"the token's {name!r} claim is not a string")
+    return exp
 
 
-def json_object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str, limits: JSONLimits) -> dict[str, Any]:
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise TokenRejected("malformed", f"the token {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise TokenRejected("malformed", f"the token {what} is not a JSON object")
-    return value
+        return decode_object(data, limits)
+    except JSONRejected as refused:
+        raise TokenRejected(
+            "malformed", f"the token {what} is not an acceptable JSON object ({refused.reason})"
+        ) from None
 
 
 # The scope extension under which the server hands each request its connection's TokenDigestMemo.
@@ -198,7 +220,10 @@ class JWTValidator:
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
         self.clock = clock
+        # A header or payload is shorter than the token; the other limits are far beyond real tokens.
+        self.json_limits = JSONLimits(max_bytes=max_token_bytes)
         self.cache: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.quiet = LogLimiter()
         # Copying a started SHA-256 skips OpenSSL's per-call algorithm lookup, a third of the cost of
         # hashing a token in the running sidecar, where caches are cold.
         self.empty_sha256 = hashlib.sha256()
@@ -226,15 +251,27 @@ class JWTValidator:
         return cache_key, self.cache_hit(cache_key)
 
     async def verify_new(self, token: str, cache_key: bytes) -> VerifiedToken:
-        """Every check, for a token the cache does not know (see `lookup`)."""
+        """Every check, for a token the cache does not know (see `lookup`). Only TokenRejected
+        leaves: an unexpected error denies the token (401), and its traceback is logged at most once
+        per interval, so a flood of tokens that hit a bug cannot flood the log."""
+        try:
+            return await self.checked(token, cache_key)
+        except TokenRejected:
+            raise
+        except Exception:
+            if (suppressed := self.quiet("error")) is not None:
+                log.exception("token_verification_error", extra={"suppressed": suppressed})
+            raise TokenRejected("verification_failed", "the token cannot be verified") from None
+
+    async def checked(self, token: str, cache_key: bytes) -> VerifiedToken:
         parts = token.split(".")
         if len(parts) == 5:
             raise TokenRejected("jwe_not_supported", "encrypted tokens (JWE) are not accepted")
         if len(parts) != 3 or not all(parts) or not COMPACT_JWS.fullmatch(token):
             # Strict base64url: Python's decoder would silently skip stray characters.
             raise TokenRejected("malformed", "the token is not a signed JWT")
-        header = json_object(b64decode(parts[0]), "header")
-        payload = json_object(b64decode(parts[1]), "payload")
+        header = json_object(b64decode(parts[0]), "header", self.json_limits)
+        payload = json_object(b64decode(parts[1]), "payload", self.json_limits)
 
         if "crit" in header:
             raise TokenRejected(
@@ -265,24 +302,23 @@ class JWTValidator:
             # Algorithm confusion: e.g. HS256 "signed" with the RSA public key, or RS256 on an EC key.
             raise TokenRejected("alg_key_mismatch", "the token's algorithm does not match its key")
 
-        self.verify(parts, payload, key.key, alg, policy)
-        claims = payload
+        expires = self.verify(parts, payload, key.key, alg, policy)
         verified = VerifiedToken(
-            claims=claims,
+            claims=payload,
             issuer=policy.issuer,
             kid=kid,
-            expires=float(claims["exp"]),
-            identity=selected.identify(claims),
+            expires=expires,
+            identity=selected.identify(payload),
         )
         self.remember(cache_key, verified, keyset)
         return verified
 
     def verify(
         self, parts: list[str], payload: dict[str, Any], key: Any, alg: str, policy: IssuerPolicy
-    ) -> None:
+    ) -> float:
         """The signature (pyjwt's algorithm for `alg`, with the issuer's key), then the registered
-        claims, with pyjwt's semantics. The header and payload were parsed and checked above, so
-        `jwt.decode` would only parse them again, slowly (a per-character alphabet check)."""
+        claims, with pyjwt's semantics; returns `exp`. The header and payload were parsed and checked
+        above, so `jwt.decode` would only parse them again, slowly (a per-character alphabet check)."""
         signature = b64decode(parts[2])
         algorithm = SIGNATURE_ALGORITHMS.get(alg)
         if algorithm is None:
@@ -293,7 +329,7 @@ class JWTValidator:
             valid = False  # e.g. a signature of the wrong length for the key
         if not valid:
             raise TokenRejected("bad_signature", "the token's signature is invalid")
-        check_claims(payload, policy, self.clock())
+        return check_claims(payload, policy, self.clock())
 
     def cache_hit(self, cache_key: bytes) -> VerifiedToken | None:
         entry = self.cache.get(cache_key)

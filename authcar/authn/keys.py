@@ -9,12 +9,15 @@ Rules that keep the key set trustworthy and the provider safe from us:
 - An unknown `kid` triggers at most one fetch per cool-down, shared by every request waiting for
   it (single flight), so a flood of random kids cannot turn into a flood of JWKS requests.
 - A failed fetch keeps the last good keys: a provider outage does not log everyone out.
+- What the provider sends is bounded before it is used: at most 512 KiB read (never decompressed,
+  within a deadline; see authcar.authn.fetch), JSON within authcar.jsonlimits, at most 100 keys,
+  RSA moduli of 2048 to 8192 bits with a FIPS-sized exponent. A document outside these limits is a
+  failed fetch (logged once, counted in `authcar_jwks_fetches_total{result="failure"}`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,14 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+
+from authcar.authn.fetch import UnreadableAnswer, get_bounded
+from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
 
 log = logging.getLogger("authcar.keys")
 
 MAX_KEYS = 100
 MAX_KID_LENGTH = 256
 MAX_DOCUMENT_BYTES = 512 * 1024
+# x5c certificates are the longest strings a JWKS holds (a few KiB of base64 each).
+DOCUMENT_LIMITS = JSONLimits(max_bytes=MAX_DOCUMENT_BYTES, max_string=64 * 1024)
+FETCH_DEADLINE = 10.0  # seconds for a whole discovery or JWKS answer
+# RSA verification costs grow with the modulus and the exponent: below 2048 bits a key is weak,
+# above 8192 bits each token would cost a hundred times a normal check; FIPS 186-5 caps e at 2**256.
+RSA_BITS = range(2048, 8193)
+MAX_RSA_EXPONENT = 2**256
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
@@ -67,11 +80,16 @@ def key_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
 
 
 def parse_jwks(document: Any) -> dict[str, VerificationKey]:
-    """The usable signing keys of a JWKS document, by kid. Unusable entries are skipped, not fatal."""
+    """The usable signing keys of a JWKS document, by kid. Unusable entries are skipped (and named in
+    one log line), not fatal; a document that is not a JWKS, or holds more than MAX_KEYS entries,
+    is refused whole."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise KeySetError("the JWKS is not an object with a 'keys' list")
+    if len(document["keys"]) > MAX_KEYS:
+        raise KeySetError(f"the JWKS holds {len(document['keys'])} keys, more than {MAX_KEYS}")
     keys: dict[str, VerificationKey] = {}
-    for jwk in document["keys"][:MAX_KEYS]:
+    skipped: list[str] = []
+    for jwk in document["keys"]:
         if not isinstance(jwk, dict):
             continue
         if jwk.get("use", "sig") != "sig":
@@ -82,15 +100,29 @@ def parse_jwks(document: Any) -> dict[str, VerificationKey]:
         algorithms = key_algorithms(jwk)
         if not algorithms:
             continue
-        try:
-            key = PyJWK(jwk, algorithm=next(iter(sorted(algorithms)))).key
-        except (PyJWKError, ValueError, TypeError, KeyError):
-            log.warning("skipping an unusable key in the JWKS", extra={"kid": kid[:64]})
+        key = public_key(jwk, algorithms)
+        if key is None:
+            skipped.append(kid[:64])
             continue
-        if hasattr(key, "private_bytes"):
-            continue  # a private key published by mistake: use nothing from it
         keys[kid] = VerificationKey(kid=kid, key=key, algorithms=algorithms)
+    if skipped:
+        log.warning("jwks_keys_skipped", extra={"kids": skipped, "reason": "unusable or out of bounds"})
     return keys
+
+
+def public_key(jwk: Mapping[str, Any], algorithms: frozenset[str]) -> Any:
+    """The public key of one JWK, or None when it cannot be used (malformed, private, out of bounds)."""
+    try:
+        key = PyJWK(dict(jwk), algorithm=min(algorithms)).key
+    except Exception:  # whatever a hostile JWK makes the library raise, the key is unusable
+        return None
+    if hasattr(key, "private_bytes"):
+        return None  # a private key published by mistake: use nothing from it
+    if isinstance(key, rsa.RSAPublicKey) and (
+        key.key_size not in RSA_BITS or key.public_numbers().e >= MAX_RSA_EXPONENT
+    ):
+        return None
+    return key
 
 
 @dataclass(frozen=True)
@@ -124,6 +156,8 @@ class ProviderMetadata:
         methods = document.get("introspection_endpoint_auth_methods_supported") or document.get(
             "token_endpoint_auth_methods_supported"
         )
+        if not isinstance(methods, list):
+            methods = []
         return cls(
             issuer=issuer,
             jwks_uri=url("jwks_uri"),
@@ -131,23 +165,24 @@ class ProviderMetadata:
             token_endpoint=url("token_endpoint"),
             authorization_endpoint=url("authorization_endpoint"),
             end_session_endpoint=url("end_session_endpoint"),
-            introspection_auth_methods=tuple(m for m in methods or () if isinstance(m, str)),
+            introspection_auth_methods=tuple(m for m in methods if isinstance(m, str)),
         )
 
 
-async def fetch_json(http: httpx.AsyncClient, url: str) -> Any:
+def document_from(data: bytes, source: str) -> dict[str, Any]:
     try:
-        response = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
-        raise KeySetError(f"cannot fetch {url}: {exc.__class__.__name__}") from None
-    if response.status_code != 200:
-        raise KeySetError(f"{url} answered {response.status_code}")
-    if len(response.content) > MAX_DOCUMENT_BYTES:
-        raise KeySetError(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
+        return decode_object(data, DOCUMENT_LIMITS)
+    except JSONRejected as exc:
+        raise KeySetError(f"{source} did not send an acceptable JSON object ({exc.reason}: {exc})") from None
+
+
+async def fetch_json(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """A provider document: bounded in bytes, time and shape; KeySetError for anything else."""
     try:
-        return json.loads(response.content)
-    except ValueError:
-        raise KeySetError(f"{url} did not send JSON") from None
+        data = await get_bounded(http, url, MAX_DOCUMENT_BYTES, FETCH_DEADLINE)
+    except UnreadableAnswer as exc:
+        raise KeySetError(str(exc)) from None
+    return document_from(data, url)
 
 
 async def discover(http: httpx.AsyncClient, issuer: str) -> ProviderMetadata:
@@ -221,10 +256,16 @@ class KeySet:
         self.last_attempt = self.clock()
         try:
             keys = await self.fetch()
-        except KeySetError as exc:
-            self.last_error = str(exc)
+        except Exception as exc:
+            # Anything but KeySetError is a bug; either way the last good keys stay, and the task
+            # that keeps them fresh lives on. One line per fetch, and fetches are rate-limited.
+            self.last_error = str(exc) if isinstance(exc, KeySetError) else f"{type(exc).__name__}: {exc}"
             self.on_fetch(False)
-            log.error("jwks_fetch_failed", extra={"error": str(exc), "keys_kept": len(self.keys)})
+            log.error(
+                "jwks_fetch_failed",
+                extra={"error": self.last_error[:500], "keys_kept": len(self.keys)},
+                exc_info=not isinstance(exc, KeySetError),
+            )
         else:
             self.last_error = None
             self.last_success = self.clock()
@@ -241,9 +282,11 @@ class KeySet:
         self.fetches += 1
         if self.static_file is not None:
             try:
-                document = json.loads(self.static_file.read_bytes())
-            except (OSError, ValueError) as exc:
-                raise KeySetError(f"cannot read {self.static_file}: {exc}") from None
+                with self.static_file.open("rb") as handle:
+                    data = handle.read(MAX_DOCUMENT_BYTES + 1)
+            except OSError as exc:
+                raise KeySetError(f"cannot read {self.static_file}: {exc.strerror or exc}") from None
+            document = document_from(data, str(self.static_file))
         else:
             if self.http is None or self.jwks_url is None:
                 raise KeySetError("no JWKS URL or HTTP client configured")

@@ -110,6 +110,8 @@ class IdP:
     user: User | None = field(default_factory=User)  # who the login page signs in; None refuses logins
     clients: dict[str, Client] = field(default_factory=dict)
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # to serve a lying discovery document
+    # Endpoint name -> the exact bytes it answers (200, labelled JSON) instead of its real answer.
+    raw_answers: dict[str, bytes] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)  # requests per endpoint name, in every mode
     in_flight: Counter[str] = field(default_factory=Counter)  # requests being answered now, per endpoint
     peak_in_flight: Counter[str] = field(default_factory=Counter)  # most ever answered at once, per endpoint
