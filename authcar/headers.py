@@ -390,10 +390,17 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes, *, b
     """
     named: frozenset[bytes] = frozenset()
     out: Headers = []
+    codings = 0
     for name, value in raw:
         lower = name.lower()
         if lower == b"connection":
             named = named | connection_tokens((value,))
+        elif lower == b"transfer-encoding":
+            # The client pool undoes "chunked" and nothing else: any other coding would reach the
+            # client re-framed as if it were the body itself.
+            codings += 1
+            if codings > 1 or value.strip().lower() != b"chunked":
+                raise InvalidResponseHeader(lower.decode("latin-1"))
         if lower in RESPONSE_DROP or (not body and lower == b"content-length"):
             continue
         if FIELD_VALUE_CONTROL(value):

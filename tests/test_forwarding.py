@@ -809,6 +809,13 @@ INVALID_RESPONSES = {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nSECRET"
     ),
     "status-600": b"HTTP/1.1 600 SECRET\r\nContent-Length: 2\r\n\r\nok",
+    # A coding the sidecar cannot undo would reach the client as if it were the body itself.
+    "te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nSECRET",
+    "te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n6\r\nSECRET\r\n0\r\n\r\n",
+    "te-twice": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\nSECRET\r\n0\r\n\r\n"
+    ),
     "status-999": b"HTTP/1.1 999 SECRET\r\nContent-Length: 2\r\n\r\nok",
     "not-http": b"SECRET-SESSION-abc123\r\n\r\n",
 }
