@@ -38,10 +38,12 @@ class IssuerSettings:
 
     Fields left out of a YAML issuer (None) take the value of the matching top-level setting, except
     those that only make sense per issuer (audience, key and endpoint locations, client credentials).
+    An issuer needs an audience unless it opts out itself with `allow_any_audience`.
     """
 
     issuer_url: str
     audience: tuple[str, ...] = ()
+    allow_any_audience: bool = False
     algorithms: tuple[str, ...] | None = None
     leeway: float | None = None
     jwks_url: str | None = None
@@ -81,7 +83,14 @@ class Settings:
     oidc_issuer_url: str | None = setting(
         None, "issuer; discovery at <issuer>/.well-known/openid-configuration"
     )
-    oidc_audience: tuple[str, ...] = setting((), "accepted `aud` values of access tokens")
+    oidc_audience: tuple[str, ...] = setting(
+        (), "accepted `aud` values of access tokens (required with an issuer)"
+    )
+    oidc_allow_any_audience: bool = setting(
+        False,
+        "run the AUTHCAR_OIDC_* issuer without an audience: it then accepts tokens minted for any"
+        " client of the provider (YAML issuers: `allow_any_audience` each); check-config warns",
+    )
     oidc_client_id: str | None = setting(None, "client id, for browser login and token introspection")
     oidc_client_secret: str | None = setting(
         None, "client secret (or AUTHCAR_OIDC_CLIENT_SECRET_FILE)", secret=True
@@ -213,6 +222,7 @@ class Settings:
         from_env = IssuerSettings(
             issuer_url=self.oidc_issuer_url,
             audience=self.oidc_audience,
+            allow_any_audience=self.oidc_allow_any_audience,
             jwks_url=self.oidc_jwks_url,
             jwks_file=self.oidc_jwks_file,
             introspection_url=self.oidc_introspection_url,
@@ -305,6 +315,7 @@ def load_settings(
             problems.append(problem)
     if problems:
         raise ConfigError(problems)
+    warnings.extend(validation_warnings(settings))
     return LoadedSettings(settings=settings, warnings=tuple(warnings), sources=sources)
 
 
@@ -590,6 +601,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 ENV_ISSUER_NAMES = {
     "issuer_url": "oidc_issuer_url",
     "audience": "oidc_audience",
+    "allow_any_audience": "oidc_allow_any_audience",
     "jwks_url": "oidc_jwks_url",
     "jwks_file": "oidc_jwks_file",
     "introspection_url": "oidc_introspection_url",
@@ -637,6 +649,21 @@ def validate_oidc(s: Settings) -> list[str]:
             )
 
     seen: set[str] = set()
+    for issuer, name_of in named_issuers(s):
+        problems.extend(validate_issuer(issuer, name_of))
+        if issuer.issuer_url in seen:
+            problems.append(f"{name_of('issuer_url')}: issuer {issuer.issuer_url!r} is configured twice")
+        seen.add(issuer.issuer_url)
+    return problems
+
+
+IssuerFieldName = typing.Callable[[str], str]
+
+
+def named_issuers(s: Settings) -> list[tuple[IssuerSettings, IssuerFieldName]]:
+    """Each configured issuer with how messages name its fields: the AUTHCAR_OIDC_* variable for the
+    environment's issuer, `issuers[i].field` for the YAML list."""
+    named: list[tuple[IssuerSettings, IssuerFieldName]] = []
     for index, issuer in enumerate(s.configured_issuers()):
         from_env = index == 0 and s.oidc_issuer_url is not None
         yaml_index = index - 1 if s.oidc_issuer_url is not None else index
@@ -646,14 +673,32 @@ def validate_oidc(s: Settings) -> list[str]:
                 return env_name(ENV_ISSUER_NAMES[field_name])
             return f"issuers[{yaml_index}].{field_name}"
 
-        problems.extend(validate_issuer(issuer, name_of))
-        if issuer.issuer_url in seen:
-            problems.append(f"{name_of('issuer_url')}: issuer {issuer.issuer_url!r} is configured twice")
-        seen.add(issuer.issuer_url)
-    return problems
+        named.append((issuer, name_of))
+    return named
 
 
-def validate_issuer(issuer: IssuerSettings, name_of: typing.Callable[[str], str]) -> list[str]:
+def validation_warnings(s: Settings) -> list[str]:
+    """What is allowed but weakens or does nothing: printed by `check-config` and at start."""
+    warnings: list[str] = []
+    for issuer, name_of in named_issuers(s):
+        if not issuer.allow_any_audience:
+            continue
+        if issuer.audience:
+            warnings.append(f"{name_of('allow_any_audience')} has no effect: {name_of('audience')} is set")
+        else:
+            warnings.append(
+                f"{name_of('allow_any_audience')}: issuer {issuer.issuer_url!r} accepts tokens minted for"
+                f" any client of its provider, as `aud` is not checked; set {name_of('audience')}"
+            )
+    if s.oidc_allow_any_audience and s.oidc_issuer_url is None:
+        warnings.append(
+            f"{env_name('oidc_allow_any_audience')} has no effect without {env_name('oidc_issuer_url')}"
+            " (YAML issuers set allow_any_audience each)"
+        )
+    return warnings
+
+
+def validate_issuer(issuer: IssuerSettings, name_of: IssuerFieldName) -> list[str]:
     problems: list[str] = []
     url = urlsplit(issuer.issuer_url)
     if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment:
@@ -670,6 +715,12 @@ def validate_issuer(issuer: IssuerSettings, name_of: typing.Callable[[str], str]
         problems.append(f"{name_of('client_id')} and {name_of('client_secret')} must be set together")
     if issuer.introspection_url is not None and issuer.client_id is None:
         problems.append(f"{name_of('introspection_url')} needs {name_of('client_id')} and its secret")
+    if not issuer.audience and not issuer.allow_any_audience:
+        # Without one, a token the provider minted for any other of its clients would be accepted.
+        problems.append(
+            f"{name_of('audience')}: required, the `aud` this service's tokens carry"
+            f" (or {name_of('allow_any_audience')}=true to accept tokens minted for any client)"
+        )
     # Per-issuer overrides of the top-level token rules (None: inherited, checked once at the top).
     problems.extend(validate_token_rules(issuer.algorithms, issuer.leeway, issuer.required_claims, name_of))
     return problems
@@ -679,7 +730,7 @@ def validate_token_rules(
     algorithms: tuple[str, ...] | None,
     leeway: float | None,
     required_claims: tuple[str, ...] | None,
-    name_of: typing.Callable[[str], str],
+    name_of: IssuerFieldName,
 ) -> list[str]:
     """Checks on the inheritable token rules; `name_of` turns an IssuerSettings field name into
     the name a problem should carry (None values are inherited: checked where they are set)."""

@@ -161,7 +161,7 @@ async def test_the_tokens_iss_selects_among_several_issuers(upstream: RunningUps
 async def test_an_issuer_whose_provider_is_down_does_not_block_the_others(
     upstream: RunningUpstream, idp: IdP
 ) -> None:
-    issuers = [{"issuer_url": "http://127.0.0.1:1/realms/gone"}]
+    issuers = [{"issuer_url": "http://127.0.0.1:1/realms/gone", "audience": ["api"]}]
     async with guarded(upstream, idp, issuers=issuers) as sidecar:
         ok = await get(sidecar, "/d", authorization=f"Bearer {idp.mint()}")
         async with httpx.AsyncClient() as client:

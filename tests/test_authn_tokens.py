@@ -367,7 +367,9 @@ async def test_readiness_reports_the_keys(guarded: RunningSidecar, idp: IdP) -> 
 
 async def test_a_provider_down_at_start_means_not_ready_and_401(upstream: RunningUpstream, idp: IdP) -> None:
     idp.mode = "down"
-    async with start_sidecar(upstream.url, allow_anonymous=False, oidc_issuer_url=idp.issuer) as sidecar:
+    async with start_sidecar(
+        upstream.url, allow_anonymous=False, oidc_issuer_url=idp.issuer, oidc_audience=("api",)
+    ) as sidecar:
         async with httpx.AsyncClient() as client:
             ready = await client.get(sidecar.admin_url + "/readyz")
             assert ready.status_code == 503

@@ -7,9 +7,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from authcar.config import ConfigError, Settings, load_settings, setting
+from tests.conftest import start_sidecar
+from tests.idp import run_idp
+from tests.process import ALLOW_ALL_POLICY
+from tests.upstream_app import RunningUpstream
 
 
 def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -326,3 +331,156 @@ def test_authentication_settings_are_checked(tmp_path: Path) -> None:
     assert any("AUTHCAR_INTROSPECTION_MAX_CONCURRENCY: must be greater than 0" in p for p in problems)
     s = load(env={"AUTHCAR_PUBLIC_PATHS": "GET|HEAD /healthz, /docs/*", "AUTHCAR_TOKEN_COOKIE": "access"})
     assert s.public_paths == ("GET|HEAD /healthz", "/docs/*")
+
+
+# --- an issuer needs an audience ----------------------------------------------------------------
+
+ISSUER = "https://login.example/realm"
+
+
+def yaml_issuers(tmp_path: Path, *entries: str) -> str:
+    config = tmp_path / "issuers.yaml"
+    config.write_text("issuers:\n" + "".join(f"  - issuer_url: {entry}\n" for entry in entries))
+    return str(config)
+
+
+@pytest.mark.parametrize("audience", [None, "", " , "], ids=["unset", "empty", "blank-list"])
+def test_the_environment_issuer_needs_an_audience(audience: str | None) -> None:
+    env = {"AUTHCAR_OIDC_ISSUER_URL": ISSUER}
+    if audience is not None:
+        env["AUTHCAR_OIDC_AUDIENCE"] = audience
+    problems = problems_of(env=env)
+    assert problems == [
+        "AUTHCAR_OIDC_AUDIENCE: required, the `aud` this service's tokens carry"
+        " (or AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE=true to accept tokens minted for any client)"
+    ]
+
+
+def test_every_yaml_issuer_needs_its_own_audience(tmp_path: Path) -> None:
+    config = yaml_issuers(
+        tmp_path,
+        "https://a.example\n    audience: [a-api]",
+        "https://b.example",
+        "https://c.example\n    audience: []",
+    )
+    # The top-level switch belongs to the AUTHCAR_OIDC_* issuer: it opens no YAML issuer.
+    env = {
+        "AUTHCAR_CONFIG": config,
+        "AUTHCAR_OIDC_ISSUER_URL": ISSUER,
+        "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "true",
+    }
+    problems = problems_of(env=env)
+    assert [p.split(":", 1)[0] for p in problems] == ["issuers[1].audience", "issuers[2].audience"]
+    assert "issuers[1].allow_any_audience=true" in problems[0]
+    json_issuers = '[{"issuer_url": "https://a.example"}]'
+    assert [p.split(":", 1)[0] for p in problems_of(env={"AUTHCAR_ISSUERS": json_issuers})] == [
+        "issuers[0].audience"
+    ]
+
+
+def test_allowing_any_audience_is_a_warning_not_a_problem(tmp_path: Path) -> None:
+    config = yaml_issuers(tmp_path, "https://b.example\n    allow_any_audience: true")
+    loaded = load_settings(
+        {},
+        environ={
+            "AUTHCAR_CONFIG": config,
+            "AUTHCAR_OIDC_ISSUER_URL": ISSUER,
+            "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "true",
+        },
+    )
+    own, partner = loaded.settings.all_issuers()
+    assert (own.audience, own.allow_any_audience) == ((), True)
+    assert (partner.audience, partner.allow_any_audience) == ((), True)
+    assert loaded.warnings == (
+        f"AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE: issuer {ISSUER!r} accepts tokens minted for any client of its"
+        " provider, as `aud` is not checked; set AUTHCAR_OIDC_AUDIENCE",
+        "issuers[0].allow_any_audience: issuer 'https://b.example' accepts tokens minted for any client"
+        " of its provider, as `aud` is not checked; set issuers[0].audience",
+    )
+
+
+def test_allowing_any_audience_where_it_changes_nothing_is_pointed_out(tmp_path: Path) -> None:
+    with_audience = load_settings(
+        {},
+        environ={
+            "AUTHCAR_OIDC_ISSUER_URL": ISSUER,
+            "AUTHCAR_OIDC_AUDIENCE": "api",
+            "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "true",
+        },
+    )
+    assert with_audience.settings.all_issuers()[0].audience == ("api",)  # still checked
+    assert with_audience.warnings == (
+        "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE has no effect: AUTHCAR_OIDC_AUDIENCE is set",
+    )
+    config = yaml_issuers(tmp_path, "https://b.example\n    audience: [b-api]")
+    without_env_issuer = load_settings(
+        {}, environ={"AUTHCAR_CONFIG": config, "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "true"}
+    )
+    assert without_env_issuer.warnings == (
+        "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE has no effect without AUTHCAR_OIDC_ISSUER_URL"
+        " (YAML issuers set allow_any_audience each)",
+    )
+
+
+def audience_env(**extra: str) -> dict[str, str]:
+    return {"AUTHCAR_POLICY_DIR": str(ALLOW_ALL_POLICY), "AUTHCAR_OIDC_ISSUER_URL": ISSUER, **extra}
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_the_cli_refuses_an_issuer_without_an_audience(tmp_path: Path, command: str) -> None:
+    from_env = authcar(command, env=audience_env())
+    assert from_env.returncode == 1
+    assert "1 problem(s)" in from_env.stderr
+    assert "- AUTHCAR_OIDC_AUDIENCE: required" in from_env.stderr
+    config = yaml_issuers(tmp_path, "https://b.example", "https://c.example")
+    from_yaml = authcar(command, env=audience_env(AUTHCAR_OIDC_AUDIENCE="api", AUTHCAR_CONFIG=config))
+    assert from_yaml.returncode == 1
+    assert "2 problem(s)" in from_yaml.stderr
+    assert "- issuers[0].audience: required" in from_yaml.stderr
+    assert "- issuers[1].audience: required" in from_yaml.stderr
+    for result in (from_env, from_yaml):
+        assert "Traceback" not in result.stderr + result.stdout
+        assert "listening" not in result.stderr
+
+
+def test_check_config_prints_the_any_audience_warning_and_passes(tmp_path: Path) -> None:
+    config = yaml_issuers(tmp_path, "https://b.example\n    allow_any_audience: true")
+    result = authcar(
+        "check-config", env=audience_env(AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE="true", AUTHCAR_CONFIG=config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("authcar: warning:")]
+    assert len(warnings) == 2
+    assert "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE: issuer" in warnings[0]
+    assert "issuers[0].allow_any_audience: issuer 'https://b.example'" in warnings[1]
+
+
+def test_settings_built_in_code_cannot_skip_the_audience_check() -> None:
+    from authcar.authn.issuers import Issuer
+
+    settings = Settings(oidc_issuer_url=ISSUER)  # no load_settings, so no validation
+    with pytest.raises(ValueError, match="has no audience"):
+        Issuer(settings.all_issuers()[0], settings, httpx.AsyncClient())
+
+
+async def test_an_audience_refuses_tokens_minted_for_other_clients(upstream: RunningUpstream) -> None:
+    async with run_idp() as idp:
+        for options, other_client_status in (
+            ({"oidc_audience": ("api",)}, 401),
+            ({"oidc_allow_any_audience": True}, 200),  # what the escape hatch gives away
+        ):
+            async with (
+                start_sidecar(
+                    upstream.url, allow_anonymous=False, oidc_issuer_url=idp.issuer, **options
+                ) as sidecar,
+                httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client,
+            ):
+                ours = await client.get("/ours", headers={"Authorization": f"Bearer {idp.mint()}"})
+                theirs = idp.mint(aud="billing")  # same provider, same keys, another service
+                other = await client.get("/other", headers={"Authorization": f"Bearer {theirs}"})
+            assert ours.status_code == 200
+            assert other.status_code == other_client_status
+            if other_client_status == 401:
+                assert other.json()["error"] == "wrong_audience"
+    assert [s.raw_path for s in upstream.seen] == ["/ours", "/ours", "/other"]

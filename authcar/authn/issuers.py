@@ -41,6 +41,9 @@ class Issuer:
         inherited = (config.algorithms, config.leeway, config.subject_claim, config.roles_claim)
         if any(value is None for value in inherited):
             raise ValueError("issuer settings must be resolved first (Settings.all_issuers)")
+        if not config.audience and not config.allow_any_audience:
+            # Config validation refuses this too; settings built in code must not skip the `aud` check.
+            raise ValueError(f"issuer {config.issuer_url!r} has no audience and does not allow any")
         self.config = config
         self.url = config.issuer_url
         self.http = http
@@ -50,7 +53,7 @@ class Issuer:
         self.on_metadata = on_metadata
         self.policy = IssuerPolicy(
             issuer=config.issuer_url,
-            audiences=frozenset(config.audience),
+            audiences=frozenset(config.audience),  # empty only with allow_any_audience
             algorithms=frozenset(config.algorithms or ()),
             leeway=config.leeway or 0.0,
             required_claims=tuple(config.required_claims or ("exp",)),
