@@ -356,10 +356,10 @@ async def test_watch_stops_promptly_when_cancelled(volume: SecretVolume, events:
     watcher = asyncio.create_task(store.watch())
     await asyncio.sleep(0.3)
     watcher.cancel()
-    started = time.monotonic()
+    # Promptly: well within IO_TIMEOUT, where waiting out the 30 s poll would not be (a bound on the
+    # outcome, not a measurement of this machine's speed).
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(watcher, IO_TIMEOUT)
-    assert time.monotonic() - started < 2
 
 
 async def test_watch_falls_back_to_polling(
