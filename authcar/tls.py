@@ -169,7 +169,6 @@ class CertificateStore:
         # The first context is the one the server keeps; it only routes handshakes to the newest.
         self._base = self._current.context
         self._base.sni_callback = self._select_context
-        self._warn_if_expiring()
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -256,6 +255,8 @@ class CertificateStore:
         Every ``poll_interval`` seconds without events we reload anyway (a no-op when nothing
         changed) to cover layouts inotify cannot follow; if watching fails we only poll.
         """
+
+        self._warn_if_expiring()  # here, not in __init__: check-config builds a store but logs nothing
 
         async def reload() -> None:
             self.reload()

@@ -638,6 +638,27 @@ def test_short_lived_certificates_are_not_reported_as_expiring(
     assert [r.getMessage() for r in caplog.records] == ["tls_certificate_expiring"]
 
 
+async def test_watching_starts_with_a_word_about_an_overdue_renewal(
+    volume: SecretVolume, pki: Pki, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    with caplog.at_level(logging.WARNING, logger="authcar.tls"):
+        store = dated_store(volume, events, clock)  # building one (check-config does) says nothing
+        assert caplog.records == []
+        clock.now = pki.server_rsa.cert.not_valid_after_utc.timestamp() - 3600
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(store.watch(stop, poll_interval=60))
+
+        async def warned() -> bool:
+            return any(r.getMessage() == "tls_certificate_expiring" for r in caplog.records)
+
+        try:
+            await eventually(warned)
+        finally:
+            stop.set()
+            await asyncio.wait_for(watcher, IO_TIMEOUT)
+
+
 # -- 4. no SNI ------------------------------------------------------------------------------------
 
 
