@@ -43,7 +43,13 @@ RESTRICTED = sorted(
         | FORWARDING
         | CLIENT_IP_NAMES
         | {b"x-auth-request-anything", b"x-authcar-role", b"x-forwarded-port", b"x-forwarded-client-cert"}
-        | {b"x-ssl-client-verify", b"x-ssl-client-s-dn", b"x-client-cert", b"client-cert", b"client-cert-chain"}
+        | {
+            b"x-ssl-client-verify",
+            b"x-ssl-client-s-dn",
+            b"x-client-cert",
+            b"client-cert",
+            b"client-cert-chain",
+        }
     )
 )
 # Framing and hop-by-hop names: sent only in odd spellings or named in Connection, since their real
