@@ -249,6 +249,10 @@ BUILDERS: Mapping[str, Callable[[Tokens], str]] = {
     # nested deeper than json.loads can recurse: refused before any signature work
     "deep_payload": lambda t: t.signed(claims=raw_claim(t, "nested", "[" * 5000 + "]" * 5000)),
     "deep_header": lambda t: deep_header(t),
+    "deep_payload_object": lambda t: t.signed(
+        claims=raw_claim(t, "nested", '{"a":' * 2000 + "1" + "}" * 2000)
+    ),
+    "long_number_in_claim": lambda t: t.signed(claims=raw_claim(t, "other", "1" * 4301)),
     "garbage": lambda t: "not-a-token-at-all",
     # claims that become headers
     "sub_crlf": lambda t: t.signed(claims=t.claims(sub="alice\r\nX-Injected: forged")),
