@@ -199,6 +199,9 @@ class Settings:
     upstream_keepalive_timeout: float = setting(
         15.0, "seconds an idle pooled upstream connection is kept (keep it below the app's own idle timeout)"
     )
+    upstream_max_header_bytes: int = setting(
+        65536, "largest response head (status line and headers) accepted from the application; 502 above"
+    )
     keepalive_timeout: float = setting(75.0, "seconds an idle client connection is kept open")
 
     shutdown_delay: float = setting(
@@ -550,6 +553,7 @@ def validate(s: Settings) -> list[str]:
         "upstream_read_timeout",
         "upstream_max_connections",
         "upstream_keepalive_timeout",
+        "upstream_max_header_bytes",
         "keepalive_timeout",
     )
     for name in positive:
@@ -560,6 +564,10 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"{env_name(name)}: must not be negative")
     if s.max_header_bytes < 1024:
         problems.append(f"{env_name('max_header_bytes')}: below 1024 bytes no real client gets through")
+    if s.upstream_max_header_bytes < 1024:
+        problems.append(
+            f"{env_name('upstream_max_header_bytes')}: below 1024 bytes few real responses get through"
+        )
     problems.extend(validate_authorization(s))
     return problems
 

@@ -11,6 +11,10 @@ What it does:
 - writes the request head in one `write`; streams a request body (Content-Length or chunked);
 - parses the response with httptools (llhttp): Content-Length, chunked, EOF-delimited bodies, 1xx
   interim responses skipped, trailers dropped, HEAD answered without waiting for a body;
+- caps the response head while it is parsed (`max_header_bytes` for the status line and headers of
+  the final and any interim heads together, raw bytes counted while the head is incomplete, and
+  `max_header_count` fields): above either, the exchange fails as `header_too_large` and the
+  connection is closed, never pooled;
 - applies back-pressure both ways: reading pauses while the consumer lags, writing awaits drain;
 - times out connecting (`connect_timeout`) and silence while answering (`read_timeout`);
 - retries only an idempotent, body-less request whose *reused* connection closed before a single
@@ -29,6 +33,12 @@ import httptools
 
 READ_HIGH_WATER = 256 * 1024  # buffered response bytes that pause reading from the upstream
 READ_LOW_WATER = 64 * 1024
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # AUTHCAR_UPSTREAM_MAX_HEADER_BYTES
+# Far more than any application sends (a few dozen, with every Set-Cookie), far fewer than a flood.
+DEFAULT_MAX_HEADER_COUNT = 1000
+# Around the reason phrase on_status reports: the rest of the status line, and the blank line that
+# ends the same head (one of each per head), so that a head's size is exactly its bytes on the wire.
+STATUS_LINE_OVERHEAD = len(b"HTTP/1.1 200 \r\n") + len(b"\r\n")
 RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
@@ -37,7 +47,12 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(detail or kind)
-        self.kind = kind  # connect_failed | connect_timeout | read_timeout | reset | protocol
+        # connect_failed | connect_timeout | read_timeout | reset | protocol | header_too_large
+        self.kind = kind
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a response head that passed a limit."""
 
 
 class Connection(asyncio.Protocol):
@@ -73,10 +88,18 @@ class Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self.abort()
             return
+        in_head = not self.headers_done
+        if in_head:
+            self.head_bytes += len(data)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # also what a callback raised (HeadTooLarge)
             self.fail(UpstreamError("protocol", f"invalid response from the upstream: {exc}"))
+            self.abort()
+            return
+        # A head still incomplete after this many bytes cannot fit: stop buffering it.
+        if in_head and not self.headers_done and self.head_bytes > self.pool.max_header_bytes:
+            self.head_too_large(f"more than {self.pool.max_header_bytes} bytes")
             self.abort()
 
     def eof_received(self) -> bool:
@@ -113,9 +136,28 @@ class Connection(asyncio.Protocol):
         self.headers = []
         self.headers_done = False
 
+    def on_status(self, reason: bytes) -> None:
+        if not self.headers_done:
+            self.count_head(len(reason) + STATUS_LINE_OVERHEAD)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.headers_done:  # later calls are chunked trailers: dropped
+            # Exact sizes, for heads that arrive whole in one read; interim heads count too.
+            self.header_count += 1
+            if self.header_count > self.pool.max_header_count:
+                self.head_too_large(f"more than {self.pool.max_header_count} header fields")
+                raise HeadTooLarge
+            self.count_head(len(name) + len(value) + 4)
             self.headers.append((name, value))
+
+    def count_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > self.pool.max_header_bytes:
+            self.head_too_large(f"more than {self.pool.max_header_bytes} bytes")
+            raise HeadTooLarge
+
+    def head_too_large(self, detail: str) -> None:
+        self.fail(UpstreamError("header_too_large", f"the upstream's response head has {detail}"))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
@@ -178,6 +220,9 @@ class Connection(asyncio.Protocol):
         self.body_unsent = False  # answered before the request body was sent: not reusable
         self.keep_alive = False
         self.surplus = False  # bytes arrived after the response ended: never reusable
+        self.head_bytes = 0  # raw bytes received while a response head was incomplete
+        self.head_size = 0  # parsed status lines and header fields, as sent
+        self.header_count = 0
         self.request_done = False  # the whole request is written: the upstream's turn
 
     def request_sent(self) -> None:
@@ -335,6 +380,8 @@ class ConnectionPool:
         read_timeout: float,
         max_connections: int,
         keepalive_timeout: float,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
     ) -> None:
         self.host = host
         self.port = port
@@ -343,6 +390,8 @@ class ConnectionPool:
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
+        self.max_header_bytes = max_header_bytes  # of one response head; see Connection
+        self.max_header_count = max_header_count
         self.loop = asyncio.get_running_loop()
         self.idle: list[Connection] = []
         self.open = 0  # connections open or being opened

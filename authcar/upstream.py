@@ -21,7 +21,7 @@ from yarl import URL
 
 from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
-from authcar.http1 import ConnectionPool, Response, UpstreamError
+from authcar.http1 import DEFAULT_MAX_HEADER_BYTES, ConnectionPool, Response, UpstreamError
 from authcar.types import Receive, Scope, Send
 
 # The server answers these itself; forwarding them would start a second handshake upstream.
@@ -89,6 +89,7 @@ class Upstream:
         max_connections: int,
         keepalive_timeout: float,
         max_body_bytes: int,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         base = URL(url)
         self.origin = str(base.origin())
@@ -102,6 +103,7 @@ class Upstream:
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
+        self.max_header_bytes = max_header_bytes
         self.pool: ConnectionPool | None = None
         self.session: aiohttp.ClientSession | None = None
 
@@ -114,6 +116,7 @@ class Upstream:
             read_timeout=self.read_timeout,
             max_connections=self.max_connections,
             keepalive_timeout=self.keepalive_timeout,
+            max_header_bytes=self.max_header_bytes,
         )
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
@@ -380,6 +383,11 @@ UPSTREAM_ERRORS: dict[str, tuple[type[GatewayError], str, str]] = {
     "read_timeout": (GatewayTimeout, "the application did not answer in time", "upstream_timeout"),
     "reset": (BadGateway, "the application closed the connection", "upstream_reset"),
     "protocol": (BadGateway, "the application sent an invalid response", "upstream_protocol_error"),
+    "header_too_large": (
+        BadGateway,
+        "the application's response head is larger than allowed",
+        "upstream_header_too_large",
+    ),
 }
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 
+from authcar.config import ConfigError, load_settings
 from authcar.http1 import BodyLengthMismatch, ConnectionPool, Response, UpstreamError
+from tests.conftest import start_sidecar
 from tests.upstream_app import serve_upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -344,3 +348,216 @@ async def test_a_body_unlike_its_content_length_is_never_sent_on(pieces: list[by
         assert sent.count(b"content-length: %d" % declared) == 1
         assert len(sent.partition(b"\r\n\r\n")[2]) <= declared  # never a byte past the length
         await pool.close()
+
+
+# --- the response head is capped while it is parsed (AUTHCAR_UPSTREAM_MAX_HEADER_BYTES) ----------
+
+
+def capped_pool(port: int, max_header_bytes: int = 4096, max_header_count: int = 50) -> ConnectionPool:
+    return ConnectionPool(
+        "127.0.0.1",
+        port,
+        connect_timeout=2.0,
+        read_timeout=30.0,  # far beyond the test: a refusal comes from the limit, never from silence
+        max_connections=8,
+        keepalive_timeout=30.0,
+        max_header_bytes=max_header_bytes,
+        max_header_count=max_header_count,
+    )
+
+
+async def refused_head(handler: Handler) -> None:
+    """The pool refuses the head `handler` answers with as too large."""
+    async with raw_server(handler) as port:
+        pool = capped_pool(port)
+        with pytest.raises(UpstreamError) as refused:
+            await pool.request(b"GET", b"/", HOST)
+        await pool.close()
+    assert refused.value.kind == "header_too_large"
+
+
+def head_of_size(size: int, status: bytes = b"200 OK") -> bytes:
+    """A complete response head of exactly `size` bytes, blank line included, with an empty body."""
+    start = b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\n"
+    padding = size - len(start) - len(b"x-pad: \r\n\r\n")
+    return start + b"x-pad: " + b"p" * padding + b"\r\n\r\n"
+
+
+def answering(*answers: bytes, seen: list[bytes] | None = None) -> Handler:
+    """A server that answers each request, on whichever connection, with the next of `answers`."""
+    remaining = iter(answers)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_head(reader)  # first: a connection closed meanwhile takes no answer
+            if seen is not None:
+                seen.append(head)
+            writer.write(next(remaining))
+            await writer.drain()
+
+    return handler
+
+
+def trickling(answer: bytes, pieces: int) -> Handler:
+    """A server that sends `answer` in this many writes, a moment apart."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        step = -(-len(answer) // pieces)
+        for start in range(0, len(answer), step):
+            writer.write(answer[start : start + step])
+            await writer.drain()
+            await asyncio.sleep(0.001 if pieces > 1 else 0)
+        await reader.read()
+
+    return handler
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 700])
+@pytest.mark.parametrize(("size", "accepted"), [(4096, True), (4097, False)])
+async def test_a_head_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not(
+    pieces: int, size: int, accepted: bool
+) -> None:
+    """In one read (exact sizes from the parser) or in pieces (raw bytes while incomplete): the
+    limit is the same either way, however the reads fall."""
+    head = head_of_size(size)
+    assert len(head) == size
+    async with raw_server(trickling(head, pieces)) as port:
+        pool = capped_pool(port)
+        if accepted:
+            response = await pool.request(b"GET", b"/", HOST)
+            assert response.status == 200
+            assert await body_of(response) == b""
+        else:
+            with pytest.raises(UpstreamError) as refused:
+                await pool.request(b"GET", b"/", HOST)
+            assert refused.value.kind == "header_too_large"
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("start", "more"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"x-more: " + b"m" * 500 + b"\r\n"),  # field after field
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", b"v" * 512),  # one value: the parser reports it only whole
+    ],
+    ids=["fields", "one-value"],
+)
+async def test_an_endless_head_is_refused_once_it_passes_the_limit(start: bytes, more: bytes) -> None:
+    """The upstream never finishes its head: the pool stops at the limit (not at a timeout, which
+    an upstream that keeps sending never reaches)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(start)
+        while True:
+            writer.write(more)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+
+    await refused_head(handler)
+
+
+async def test_header_fields_are_counted() -> None:
+    fifty = b"HTTP/1.1 200 OK\r\n" + b"a: b\r\n" * 49 + b"content-length: 0\r\n\r\n"
+    fifty_one = b"HTTP/1.1 200 OK\r\n" + b"a: b\r\n" * 50 + b"content-length: 0\r\n\r\n"
+    async with raw_server(answering(fifty)) as port:
+        pool = capped_pool(port)
+        response = await pool.request(b"GET", b"/", HOST)
+        assert len(response.headers) == 50
+        assert await body_of(response) == b""
+        await pool.close()
+    await refused_head(answering(fifty_one))
+
+
+async def test_interim_heads_count_towards_the_limit() -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nlink: " + b"l" * 2100 + b"\r\n\r\n"
+    final = head_of_size(2100)
+    await refused_head(answering(early_hints + final))
+    async with raw_server(answering(early_hints + head_of_size(1000))) as port:
+        pool = capped_pool(port)
+        assert (await pool.request(b"GET", b"/", HOST)).status == 200
+        await pool.close()
+
+
+async def test_a_connection_whose_head_was_too_large_is_never_reused() -> None:
+    seen: list[bytes] = []
+    async with raw_server(answering(head_of_size(5000), head_of_size(100), seen=seen)) as port:
+        pool = capped_pool(port)
+        with pytest.raises(UpstreamError):
+            await pool.request(b"GET", b"/a", HOST)
+        response = await pool.request(b"GET", b"/b", HOST)
+        assert await body_of(response) == b""
+        assert pool.connections_made == 2  # the second request went on a new connection
+        await pool.close()
+    assert [head.split(b" ")[1] for head in seen] == [b"/a", b"/b"]  # /b was the new connection's first
+
+
+async def test_trailers_do_not_count_as_the_head() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        + b"x-trailer: "
+        + b"t" * 5000
+        + b"\r\n\r\n"
+    )
+    async with raw_server(answering(chunked)) as port:
+        pool = capped_pool(port)
+        response = await pool.request(b"GET", b"/", HOST)
+        assert (response.status, await body_of(response)) == (200, b"abc")
+        await pool.close()
+
+
+# --- through the running sidecar -------------------------------------------------------------
+
+
+OVERSIZED_HEADS = {
+    "100 KB head": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: " + b"b" * 100_000 + b"\r\n\r\nok",
+    "10,000 headers": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + b"x-h: v\r\n" * 10_000 + b"\r\nok",
+    "endless head": b"HTTP/1.1 200 OK\r\nx-endless: " + b"e" * 200_000,
+    "huge reason phrase": b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\ncontent-length: 2\r\n\r\nok",
+}
+FINE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-size: normal\r\n\r\nok"
+
+
+@pytest.mark.parametrize("name", sorted(OVERSIZED_HEADS))
+async def test_the_sidecar_answers_502_for_an_oversized_head_and_the_next_request_works(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[bytes] = []
+    answers = answering(OVERSIZED_HEADS[name], FINE, FINE, seen=seen)
+    async with (
+        raw_server(answers) as port,
+        start_sidecar(f"http://127.0.0.1:{port}") as sidecar,
+        httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client,
+    ):
+        with caplog.at_level(logging.INFO):
+            refused = await client.get("/big")
+            after = [await client.get("/next"), await client.get("/again")]
+        metrics = (await client.get(sidecar.admin_url + "/metrics")).text
+    assert refused.status_code == 502
+    assert refused.json()["error"] == "upstream_header_too_large"
+    assert set(refused.json()) == {"error", "error_description", "request_id"}
+    assert "x-big" not in refused.headers
+    assert "x-h" not in refused.headers
+    assert [(r.status_code, r.text, r.headers["x-size"]) for r in after] == [(200, "ok", "normal")] * 2
+    assert [head.split(b" ")[1] for head in seen] == [b"/big", b"/next", b"/again"]
+    assert 'authcar_upstream_errors_total{kind="header_too_large"} 1.0' in metrics
+    assert [record for record in caplog.records if record.exc_info] == []
+
+
+async def test_the_limit_is_the_setting() -> None:
+    small, large = head_of_size(4000), head_of_size(4200)
+    async with (
+        raw_server(answering(small, large)) as port,
+        start_sidecar(f"http://127.0.0.1:{port}", upstream_max_header_bytes=4096) as sidecar,
+        httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client,
+    ):
+        assert (await client.get("/small")).status_code == 200
+        assert (await client.get("/large")).json()["error"] == "upstream_header_too_large"
+
+
+def test_the_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="AUTHCAR_UPSTREAM_MAX_HEADER_BYTES"):
+        load_settings({"upstream_max_header_bytes": 100}, environ={})
+    settings = load_settings({}, environ={"AUTHCAR_UPSTREAM_MAX_HEADER_BYTES": "131072"}).settings
+    assert settings.upstream_max_header_bytes == 131072
