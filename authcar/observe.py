@@ -8,6 +8,7 @@ access log does), because a logging call per request costs as much as a tenth of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -359,6 +360,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        # Tasks alive in the worker's event loop (each connection, request, background job): a count
+        # that keeps rising under steady load is a leak. Sampled at every flush, i.e. at each scrape.
+        self.event_loop_tasks = Gauge(
+            "authcar_event_loop_tasks",
+            "asyncio tasks alive in the worker's event loop, sampled at each scrape and every second",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.authz_decisions = Counter(
             "authcar_authz_decisions",
             "Authorization decisions: allow, deny, or dry_run_allow (denied, let through by dry run)",
@@ -408,6 +417,8 @@ class Metrics:
         decisions, self.pending_decisions = self.pending_decisions, {}
         for decision, count in decisions.items():
             self.authz_decisions.labels(decision=decision).inc(count)
+        with contextlib.suppress(RuntimeError):  # no running loop: the last flush at exit
+            self.event_loop_tasks.set(len(asyncio.all_tasks()))
 
     async def flush_periodically(self) -> None:
         while True:
