@@ -12,6 +12,7 @@ switched at run time, so one sidecar process can be taken through every fault an
     reset_mid_response    starts a 100 kB answer, resets after 1 kB
     malformed_status      a status line that is not HTTP
     oversized_head        a 1 MiB response head (many large header fields)
+    too_many_fields       a small response head of 5,000 tiny header fields
     invalid_header_bytes  a header field with a NUL byte in its value
     short_body            Content-Length: 1000, then 10 bytes and a close
     long_body             Content-Length: 2, then a second, smuggled response in the same write
@@ -41,6 +42,7 @@ Behaviour = Literal[
     "reset_mid_response",
     "malformed_status",
     "oversized_head",
+    "too_many_fields",
     "invalid_header_bytes",
     "short_body",
     "long_body",
@@ -184,6 +186,9 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
         elif behaviour == "oversized_head":
             write(b"HTTP/1.1 200 OK\r\n" + b"".join(OVERSIZED_FIELD % i for i in range(128)))
+            write(b"Content-Length: 2\r\n\r\nok")
+        elif behaviour == "too_many_fields":
+            write(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-F%d: v\r\n" % i for i in range(5000)))
             write(b"Content-Length: 2\r\n\r\nok")
         elif behaviour == "invalid_header_bytes":
             write(b"HTTP/1.1 200 OK\r\nX-Broken: a\x00b\r\nContent-Length: 2\r\n\r\nok")
