@@ -22,7 +22,16 @@ import pytest
 from authcar.identity import ANONYMOUS, Identity
 from authcar.observe import Metrics
 from authcar.policy import MODEL_FILE, POLICY_FILE, PolicyError, policy_request
-from authcar.policy.reload import PolicySource, load_policy, read_policy_files
+from authcar.policy.reload import (
+    MAX_FILE_BYTES,
+    MAX_LINE_LENGTH,
+    MAX_LINES,
+    MAX_REPORTED_PROBLEMS,
+    PolicySource,
+    load_policy,
+    read_policy_files,
+)
+from tests.conftest import start_sidecar
 from tests.process import start_sidecar_process
 from tests.tls_material import SecretVolume
 from tests.upstream_app import RunningUpstream
@@ -111,6 +120,33 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda d: write_plain(d, model=MODEL.replace(MATCHER, b"m = noSuchFunction(r.sub) && " + MATCHER)),
         "",
     ),
+    # Mounted input has limits, like every other input: checked before the engine parses anything.
+    "policy too large": (
+        lambda d: write_plain(d, policy=READER_RULES + b"#" * MAX_FILE_BYTES),
+        f"larger than {MAX_FILE_BYTES} bytes",
+    ),
+    "policy with too many lines": (
+        lambda d: write_plain(d, policy=READER_RULES + b"\n" * MAX_LINES),
+        f"more than {MAX_LINES}",
+    ),
+    "policy line too long": (
+        lambda d: write_plain(d, policy=READER_RULES + b"p, role:reader, /" + b"a" * MAX_LINE_LENGTH + b"\n"),
+        f"policy.csv line 2 is longer than {MAX_LINE_LENGTH} characters",
+    ),
+    "model line too long": (
+        lambda d: write_plain(
+            d, model=MODEL.replace(MATCHER, MATCHER + b" && true" * (MAX_LINE_LENGTH // 8))
+        ),
+        f"model.conf line 14 is longer than {MAX_LINE_LENGTH} characters",
+    ),
+    "matcher nested beyond the parser": (
+        lambda d: write_plain(d, model=MODEL.replace(MATCHER, b"m = " + b"(" * 5000 + b"true" + b")" * 5000)),
+        "",
+    ),
+    "matcher of endless negations": (
+        lambda d: write_plain(d, model=MODEL.replace(MATCHER, b"m = " + b"!" * 10_000 + MATCHER[4:])),
+        "",
+    ),
 }
 
 
@@ -132,6 +168,25 @@ def test_broken_policies_are_refused_at_start(tmp_path: Path, case: str) -> None
     assert sample(metrics, "authcar_policy_last_reload_success") == 0
     with pytest.raises(RuntimeError):
         _ = source.current
+
+
+def test_a_policy_of_many_broken_lines_reports_a_bounded_list(tmp_path: Path) -> None:
+    broken = READER_RULES + b"p, too, few\n" * 5000
+    with pytest.raises(PolicyError) as refused:
+        load_policy(write_plain(tmp_path / "policy", policy=broken))
+    problems = refused.value.problems
+    assert len(problems) == MAX_REPORTED_PROBLEMS + 1
+    assert problems[0].startswith("policy line 2: 2 fields")
+    assert problems[-1] == f"... and {5000 - MAX_REPORTED_PROBLEMS} more problems"
+
+
+def test_the_limits_themselves_are_accepted(tmp_path: Path) -> None:
+    longest = b"p, role:reader, /" + b"a" * (MAX_LINE_LENGTH - 40)
+    longest += b", ^GET$, allow, *"
+    longest += b" " * (MAX_LINE_LENGTH - len(longest))
+    policy = READER_RULES + longest + b"\n" * (MAX_LINES - 2)
+    assert policy.count(b"\n") + 1 == MAX_LINES
+    assert load_policy(write_plain(tmp_path / "policy", policy=policy)).rule_count == 2
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -450,3 +505,42 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
 
 async def _metric(text: Awaitable[str], sample_line: str) -> float | None:
     return metric_value(await text, sample_line)
+
+
+@pytest.mark.parametrize(
+    ("policy", "problem"),
+    [
+        (OPEN_RULES + LATER_RULES + b"#" + b"x" * MAX_LINE_LENGTH, "line 3 is longer than"),
+        (OPEN_RULES + LATER_RULES + b"#\n" * MAX_LINES, "lines, more than"),
+        (OPEN_RULES + LATER_RULES + b"p, bad\n" * 1000, "... and 980 more problems"),
+    ],
+    ids=["long line", "many lines", "many problems"],
+)
+async def test_running_sidecar_keeps_the_last_good_policy_when_a_file_passes_a_limit(
+    tmp_path: Path, upstream: RunningUpstream, policy: bytes, problem: str
+) -> None:
+    volume = SecretVolume(tmp_path / "policy")
+    volume.publish(files(policy=OPEN_RULES))
+    async with (
+        start_sidecar(upstream.url, policy_dir=volume.root) as sidecar,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+
+        async def failure_reported() -> bool:
+            return "last reload failed" in (await client.get(sidecar.admin_url + "/readyz")).text
+
+        volume.publish(files(policy=policy))  # would allow /later, if it were accepted
+        await until(failure_reported)
+        ready = await client.get(sidecar.admin_url + "/readyz")
+        assert ready.status_code == 200  # the last good policy serves on
+        assert problem in ready.json()["checks"]["policy"]["detail"]
+        assert len(ready.text) < 8192
+        assert (await client.get(sidecar.url + "/open")).status_code == 200
+        assert (await client.get(sidecar.url + "/later")).status_code in (401, 403)
+        assert upstream.paths() == ["/open"]
+        volume.publish(files(policy=OPEN_RULES + LATER_RULES))  # fixed: taken without a restart
+        await until(lambda: _equals(_status(client, sidecar.url + "/later"), 200))
+
+
+async def _status(client: httpx.AsyncClient, url: str) -> int:
+    return (await client.get(url)).status_code

@@ -14,6 +14,10 @@ A Kubernetes ConfigMap volume looks like this, and changes by an atomic rename o
 Both files must come from the same generation, or a decision could pair a new model with an old
 policy. `read_policy_files` therefore fingerprints the directory (the `..data` target and the
 identity of each file) before and after reading, and reads again if anything moved in between.
+
+The files are mounted input, bounded before the engine sees them: at most 16 MiB, 200,000 lines and
+16 KiB per line each, and a refusal names at most 20 problems (a policy of 200,000 broken lines is
+one readable log line, not 200,000).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ log = logging.getLogger("authcar.policy")
 DATA_LINK = "..data"
 # A ConfigMap holds at most 1 MiB; anything far larger is a wrong mount, not a policy.
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_LINES = 200_000  # per file: twenty times the 10,000 rules the engine is measured at
+MAX_LINE_LENGTH = 16 * 1024  # characters: a rule or a matcher, never a whole file on one line
+MAX_REPORTED_PROBLEMS = 20
 # Reads that saw the directory change underneath them are retried this many times.
 READ_ATTEMPTS = 5
 VERSION_HEX_DIGITS = 12
@@ -97,10 +104,26 @@ def read_file(path: Path) -> bytes:
 
 
 def decode(path: Path, data: bytes) -> str:
+    """The file's text, if it is UTF-8 within the line limits; PolicyError otherwise."""
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError([f"{path} is not UTF-8 text (byte {exc.start})"]) from None
+    lines = text.split("\n")
+    if len(lines) > MAX_LINES:
+        raise PolicyError([f"{path} has {len(lines)} lines, more than {MAX_LINES}"])
+    for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_LENGTH:
+            raise PolicyError([f"{path} line {number} is longer than {MAX_LINE_LENGTH} characters"])
+    return text
+
+
+def reported(problems: list[str]) -> list[str]:
+    """The first problems, and how many more there were."""
+    if len(problems) <= MAX_REPORTED_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_REPORTED_PROBLEMS
+    return [*problems[:MAX_REPORTED_PROBLEMS], f"... and {more} more problems"]
 
 
 def read_policy_files(directory: Path) -> PolicyFiles:
@@ -121,11 +144,15 @@ def read_policy_files(directory: Path) -> PolicyFiles:
         if problems:
             raise PolicyError(problems)
         model, policy = contents
-        return PolicyFiles(
-            model=decode(directory / MODEL_FILE, model),
-            policy=decode(directory / POLICY_FILE, policy),
-            version=policy_version(model, policy),
-        )
+        texts: list[str] = []
+        for name, data in ((MODEL_FILE, model), (POLICY_FILE, policy)):
+            try:
+                texts.append(decode(directory / name, data))
+            except PolicyError as error:
+                problems.extend(error.problems)
+        if problems:
+            raise PolicyError(problems)
+        return PolicyFiles(model=texts[0], policy=texts[1], version=policy_version(model, policy))
     raise PolicyError([f"{directory} kept changing while it was read; try again"])
 
 
@@ -165,8 +192,8 @@ def load_policy(directory: Path, role_prefix: str = "role:") -> CompiledPolicy:
     files = read_policy_files(directory)
     try:
         compiled = compile_policy(files.model, files.policy, version=files.version)
-    except PolicyError:
-        raise
+    except PolicyError as error:
+        raise PolicyError(reported(error.problems)) from None
     except Exception as exc:  # an engine bug must refuse the policy, not kill the reload
         raise PolicyError([f"compiling failed: {type(exc).__name__}: {exc}"]) from None
     problems: list[str] = []
