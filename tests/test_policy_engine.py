@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -433,8 +432,12 @@ def test_decisions_from_many_threads_match_one_thread(books: CompiledPolicy) -> 
 
 
 # --- bounded regex time -----------------------------------------------------------------------
+# No wall-clock measurement: the inputs are long enough that a backtracking (or even quadratic)
+# matcher would not finish in days, while a linear one needs well under a second. The bound is
+# pytest-timeout's (its SIGALRM interrupts Python's `re` mid-match), generous for a loaded machine.
 
-EVIL_PATH = "/" + "a" * 32_000 + "!"
+EVIL_PATH = "/" + "a" * 320_000 + "!"
+NON_LINEAR_NEVER_FINISHES = pytest.mark.timeout(60)
 
 
 @pytest.mark.parametrize(
@@ -451,24 +454,22 @@ EVIL_PATH = "/" + "a" * 32_000 + "!"
         ("keyGet2", "/(a+)+:x"),
     ],
 )
+@NON_LINEAR_NEVER_FINISHES
 def test_evil_regex_rules_decide_in_bounded_time(function: str, pattern: str) -> None:
     if function == "keyGet2":
         matcher = 'r.sub == p.sub && keyGet2(r.obj, p.obj, "x") == "y"'
     else:
         matcher = f"r.sub == p.sub && {function}(r.obj, p.obj)"
     compiled = compile_policy(model_with(matcher), f"p, alice, {pattern}, GET\n", version="v")
-    started = time.perf_counter()
-    for path in (EVIL_PATH, EVIL_PATH[:-1] + "a" * 10 + "b!", "/" + "a" * 32_000):
+    for path in (EVIL_PATH, EVIL_PATH[:-1] + "a" * 10 + "b!", EVIL_PATH[:-1], EVIL_PATH[:-1] + "/"):
         compiled.decide(request("alice", (), path))
-    assert time.perf_counter() - started < 0.5
 
 
+@NON_LINEAR_NEVER_FINISHES
 def test_evil_glob_rules_are_refused_or_bounded() -> None:
     compiled = compile_policy(model_with("globMatch(r.obj, p.obj)"), "p, a, /**/a*b, GET\n", version="v")
-    started = time.perf_counter()
-    for path in ("/" + "a" * 32_000, "/" + "a/" * 16_000, "/" + "ab" * 16_000 + "c"):
-        compiled.decide(request("alice", (), path))
-    assert time.perf_counter() - started < 0.5
+    for path in ("/" + "a" * 320_000, "/" + "a/" * 160_000, "/" + "ab" * 160_000 + "c"):
+        assert not compiled.decide(request("alice", (), path)).allowed
 
 
 @pytest.mark.parametrize(
@@ -484,13 +485,12 @@ def test_evil_glob_rules_are_refused_or_bounded() -> None:
         key_match2_regex("/tenants/:t/books/:id/*"),
     ],
 )
+@NON_LINEAR_NEVER_FINISHES
 def test_linear_patterns_keep_pythons_re(pattern: str) -> None:
     compiled = compile_regex(pattern)
     assert compiled.engine == "re"
-    started = time.perf_counter()
-    compiled.matches("/" + "a" * 32_000 + "!")
-    compiled.matches("/books/" + "1" * 32_000 + "x")
-    assert time.perf_counter() - started < 0.1
+    for text in ("/" + "a" * 1_000_000 + "!", "/books/" + "1" * 1_000_000 + "x"):
+        assert compiled.matches(text) == (re.match(pattern, text) is not None)
 
 
 @pytest.mark.parametrize(
