@@ -127,3 +127,23 @@ query_values = st.one_of(
 @example(b"a&access_token=b")
 def test_any_bytes_as_a_query_token_get_401(stack: ThreadedStack, token: bytes) -> None:
     assert_refused(stack, request(PATH + b"?access_token=" + token))
+
+
+@settings(deadline=None)
+@given(header_values)
+@example(b"access=a; access=b")
+@example(b"%61ccess=x")
+def test_any_cookie_header_without_a_token_is_refused_without_a_5xx(
+    stack: ThreadedStack, value: bytes
+) -> None:
+    assert_refused(stack, request(PATH, b"Cookie: " + value))
+
+
+@settings(deadline=None)
+@given(query_values)
+@example(b"ACCESS_TOKEN=x")
+@example(b"a=1;access_token=x")
+def test_any_query_string_without_a_token_is_refused_without_a_5xx(
+    stack: ThreadedStack, query: bytes
+) -> None:
+    assert_refused(stack, request(PATH + b"?" + query))

@@ -274,8 +274,9 @@ def test_the_session_cookie_name_is_protected_in_every_spelling() -> None:
             session.cookie_values([b"__Host-authcar=s1; " + disguised])
 
 
-def test_long_names_cost_linear_time() -> None:
-    # 32 KiB of hostile escapes (the default head limit) is read every way and still ruled out.
+def test_long_hostile_names_are_read_every_way() -> None:
+    # 32 KiB of hostile escapes (the default head limit) is read every way (in about 5 ms: each
+    # reading is folded once, then cut with string operations) and still ruled out.
     hostile = b"%25%25%C1%9F%00[a&b=c;d]%e9" * 1300
     assert not ACCESS_TOKEN.is_spelled_by(hostile)
     assert ACCESS_TOKEN.is_spelled_by(b"access_token%00" + hostile)
