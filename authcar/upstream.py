@@ -21,7 +21,13 @@ from yarl import URL
 
 from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
-from authcar.http1 import DEFAULT_MAX_HEADER_BYTES, ConnectionPool, Response, UpstreamError
+from authcar.http1 import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    ConnectionPool,
+    Response,
+    UpstreamError,
+)
 from authcar.types import Receive, Scope, Send
 
 # The server answers these itself; forwarding them would start a second handshake upstream.
@@ -124,8 +130,10 @@ class Upstream:
             # The upstream sees the client's headers, not aiohttp's defaults.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
-            max_line_size=65536,
-            max_field_size=65536,
+            # The WebSocket handshake's response head: bounded like every other (see http1).
+            max_line_size=self.max_header_bytes,
+            max_field_size=self.max_header_bytes,
+            max_headers=DEFAULT_MAX_HEADER_COUNT,
         )
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import time
@@ -15,6 +16,7 @@ import pytest
 from authcar.config import ConfigError, load_settings
 from authcar.http1 import BodyLengthMismatch, ConnectionPool, Response, UpstreamError
 from tests.conftest import start_sidecar
+from tests.rawhttp import request_bytes, send_raw
 from tests.upstream_app import serve_upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -561,3 +563,37 @@ def test_the_setting_is_validated() -> None:
         load_settings({"upstream_max_header_bytes": 100}, environ={})
     settings = load_settings({}, environ={"AUTHCAR_UPSTREAM_MAX_HEADER_BYTES": "131072"}).settings
     assert settings.upstream_max_header_bytes == 131072
+
+
+@pytest.mark.parametrize("extra", [b"x-h: v\r\n" * 10_000, b"x-big: " + b"b" * 100_000 + b"\r\n"])
+async def test_a_websocket_handshake_answer_with_an_oversized_head_is_a_502(extra: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n" + extra + b"\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    handshake = request_bytes(
+        "GET",
+        "/ws",
+        [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", base64.b64encode(b"0123456789abcdef").decode()),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        close=False,
+    )
+    async with raw_server(handler) as port, start_sidecar(f"http://127.0.0.1:{port}") as sidecar:
+        answer = await send_raw(sidecar.port, handshake)
+    assert answer.status == 502
+    assert answer.json()["error"] == "upstream_protocol_error"
