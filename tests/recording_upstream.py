@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httptools
 
 SETTLE_TIMEOUT = 10.0  # generous upper bound: a correct sidecar closes within milliseconds
-IDLE_WINDOW = 0.2  # keep-alive mode only: no bytes for this long counts as quiet
+IDLE_WINDOW = 0.1  # keep-alive mode only: no bytes for this long counts as quiet
 CONNECT_GRACE = 0.03  # close mode: how long an upstream connection that was never made is waited for
 
 

@@ -10,6 +10,9 @@ whole module. For each case:
 4. the sidecar is still healthy: a valid request on a new connection is answered by the
    application with *its own* echo (no answer left over from the case), /healthz is 200, and the
    sidecar logged no traceback.
+The protocol cases run twice: against an upstream that closes after each answer (every upstream
+connection carries exactly one exchange, so "quiet" is exact), and against one that keeps
+connections alive, so that the sidecar's pool reuses them and a poisoned one would show.
 
 Cases marked `xfail` in a payload file await a fix named there; they are strict, so when the fix
 lands the case passes, the run fails, and the marker must go.
@@ -35,11 +38,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 CASES = load_cases()
 FOLLOW_UP_IDS = itertools.count(1)
 ERROR_KEYS = {"error", "error_description", "request_id"}
+POOLED_CLASSES = frozenset({"protocol-and-resources"})
 
 
-def params() -> list[object]:
+def params(classes: frozenset[str] | None = None) -> list[object]:
     out = []
     for case in CASES:
+        if classes is not None and case.klass not in classes:
+            continue
         marks = []
         if case.skip:
             marks.append(pytest.mark.skip(reason=case.skip))
@@ -134,6 +140,24 @@ async def health_problems(stack: Stack, log_offset: int) -> list[str]:
 
 @pytest.mark.parametrize("case", params())
 async def test_case(stack: Stack, case: Case) -> None:
+    await run_case(stack, case)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pooled_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    log_dir: Path = tmp_path_factory.mktemp("corpus-pooled")
+    async with running_stack(log_dir, keep_alive=True) as running:
+        yield running
+
+
+@pytest.mark.parametrize("case", params(POOLED_CLASSES))
+async def test_case_on_pooled_connections(pooled_stack: Stack, case: Case) -> None:
+    """The protocol cases again, with an upstream that keeps connections open: the sidecar's pool
+    reuses them, so a connection left in doubt by a case would hand the follow-up a wrong answer."""
+    await run_case(pooled_stack, case)
+
+
+async def run_case(stack: Stack, case: Case) -> None:
     stack.upstream.reset()
     log_offset = stack.log_size()
     data = case.render(fill_for(stack))
