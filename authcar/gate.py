@@ -211,6 +211,9 @@ class Gate:
         )
         if not framed.host and version == "1.1":
             raise BadRequest("an HTTP/1.1 request needs a Host header", code="missing_host")
+        if framed.chunked and version == "1.0":
+            # RFC 9112 §6.1: HTTP/1.0 has no chunked coding; such framing is faulty whatever follows.
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request", code="bad_transfer_encoding")
         if scope["type"] == "websocket" and (framed.chunked or framed.content_length):
             # A handshake has no body: bytes after its head would reach the application unchecked.
             raise BadRequest("a WebSocket handshake cannot carry a body", code="bad_request")

@@ -27,6 +27,7 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"http2-settings",  # RFC 9113 §3.2.1: connection-specific, meaningless past this hop
     }
 )
 
@@ -145,6 +146,9 @@ IDENTITY, TRUSTED_ONLY = 1, 2
 RESTRICTED_NAMES: dict[bytes, int] = {
     **dict.fromkeys(FORWARDING | CLIENT_IP_NAMES | {b"x-request-id"}, TRUSTED_ONLY),
     **dict.fromkeys(IDENTITY_NAMES, IDENTITY),
+    # Framing and hop-by-hop names reach this lookup only in a `_`/`.` spelling (the exact names are
+    # handled above): `Transfer_Encoding` would be framing to a server that folds `_` to `-`.
+    **dict.fromkeys(REQUEST_DROP | {b"content-length"}, IDENTITY),
 }
 
 RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}

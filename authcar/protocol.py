@@ -140,6 +140,10 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 raise self.fail(BadRequest("the request target contains '#'", code="invalid_path_character"))
 
         def on_header(self, name: bytes, value: bytes) -> None:
+            if not self.in_head:
+                # A chunked body's trailer fields: uvicorn would append them to the headers the
+                # gate has not read yet (a trailing `Authorization` would authenticate). Dropped.
+                return
             # Exact size of what was parsed, for heads that arrived whole in one read.
             self.header_count += 1
             self.header_size += len(name) + len(value) + 4
