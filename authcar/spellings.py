@@ -44,6 +44,7 @@ _U_ESCAPE = re.compile(rb"%[uU]([0-9A-Fa-f]{4})")
 # Overlong UTF-8 for ASCII: two bytes C0/C1 xx, three bytes E0 80-81 xx, four bytes F0 80 80-81 xx.
 _OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80\x81][\x80-\xbf]|\xf0\x80[\x80\x81][\x80-\xbf]")
 _NOT_ALNUM = bytes(b for b in range(256) if not chr(b).isascii() or not chr(b).isalnum())
+_NOT_LOWER_ALNUM = re.compile(r"[^a-z0-9]+")
 _NOT_KEPT = re.compile(r"[^a-z0-9\0&;=\[\]]+")
 _ASCII_NOT_KEPT = bytes(b for b in range(128) if not re.fullmatch(rb"[A-Za-z0-9\0&;=\[\]]", bytes((b,))))
 _MARKER_TABLE = str.maketrans("", "", "\0&;=[]")
@@ -66,11 +67,20 @@ class ProtectedName:
         self._needle = self.skeleton.encode("ascii")
 
     def might_be_in(self, raw: bytes) -> bool:
-        """A cheap first look at a whole query string or Cookie header: False means that no name
-        in it can be a spelling (no `%`, ASCII only, and the skeleton is nowhere in its letters)."""
-        if b"%" in raw or not raw.isascii():
-            return True
-        return self._needle in raw.lower().translate(None, _NOT_ALNUM)
+        """A first look at a whole query string or Cookie header: False means that no name in it
+        can be a spelling. Each reading of a name is a run of letters of the same reading of the
+        whole (names end at ASCII separators, which no escape, UTF-8 sequence or NFKC composition
+        reaches across), so one pass over the whole rules out every name at once."""
+        for layer in _decoded_layers(raw):
+            if layer.isascii():
+                if self._needle in layer.lower().translate(None, _NOT_ALNUM):
+                    return True
+                continue
+            for text in _texts(layer):
+                folded = unicodedata.normalize("NFKC", text.casefold()).casefold().replace("\u0131", "i")
+                if self.skeleton in _NOT_LOWER_ALNUM.sub("", folded):
+                    return True
+        return False
 
     def is_spelled_by(self, raw_name: bytes) -> bool:
         """Could some application read `raw_name` (as it is on the wire) as this name?"""

@@ -172,6 +172,18 @@ def test_whatever_an_application_reads_as_access_token_is_a_spelling(name: bytes
             assert ACCESS_TOKEN.is_spelled_by(name), reading.__name__
 
 
+query_pieces = st.one_of(readable, st.sampled_from([b"=", b"&", b";", b"=x", b"%CC%B8", b"\xcc\xb8", b"%C3"]))
+
+
+@settings(deadline=None)
+@given(st.lists(query_pieces, max_size=8).map(b"".join))
+@example(b"x=%CC%B8%61ccess_token=1")  # '=' and a combining mark compose under NFKC
+def test_the_first_look_at_a_whole_string_never_misses_a_name_in_it(query: bytes) -> None:
+    names = [part.partition(b"=")[0] for piece in query.split(b"&") for part in piece.split(b";")]
+    if any(ACCESS_TOKEN.is_spelled_by(name) for name in names):
+        assert ACCESS_TOKEN.might_be_in(query)
+
+
 @settings(deadline=None)
 @given(st.text(alphabet=string.ascii_letters + string.digits + "-_.~", max_size=20))
 def test_plain_names_are_spellings_exactly_when_their_letters_are(name: str) -> None:
