@@ -96,7 +96,7 @@ def header_lists(draw: st.DrawFn) -> list[tuple[str, str]]:
             headers.append((draw(st.text(TCHAR, min_size=1, max_size=20)), draw(value)))
         else:
             pool = [*RESTRICTED, *FRAMING, *HOP, "authorization", "x-request-id", "close", "keep-alive"]
-            tokens = draw(st.lists(st.sampled_from(pool).map(lambda n: respelled(n, draw)), max_size=6))
+            tokens = [respelled(name, draw) for name in draw(st.lists(st.sampled_from(pool), max_size=6))]
             headers.append((respelled("connection", draw, keep_dashes=True), ", ".join(tokens)))
     # Duplicates: some headers again, later in the list.
     if headers and draw(st.booleans()):

@@ -62,14 +62,17 @@ def invariant_problems(request: ReceivedRequest) -> list[str]:
         problems.append("chunk extensions forwarded")
     if request.trailers:
         problems.append(f"trailers forwarded: {request.trailers}")
+    # A WebSocket handshake is the one request whose Upgrade the sidecar writes itself.
+    websocket = request.upgrade and request.all("upgrade") == [b"websocket"]
+    own_hop = {b"keep-alive", b"close", *([b"upgrade"] if websocket else [])}
     for value in request.all("connection"):
         tokens = {token.strip().lower() for token in value.split(b",")}
-        if not tokens <= {b"keep-alive", b"close"}:
+        if not tokens <= own_hop:
             problems.append(f"Connection: {value!r} (the sidecar's own hop needs no names)")
     for name, value in request.headers:
         lower = name.lower()
         folded = fold_name(lower)
-        if lower in NEVER_FORWARDED:
+        if lower in NEVER_FORWARDED and not (websocket and lower == b"upgrade"):
             problems.append(f"hop-by-hop header {name!r} forwarded")
         if b"forged" in name.lower() or b"forged" in value.lower():
             problems.append(f"forged header reached the application: {name!r}: {value[:100]!r}")
@@ -90,7 +93,7 @@ def invariant_problems(request: ReceivedRequest) -> list[str]:
         problems.append(f"X-Auth-Request-User is {user!r}, not the token's subject")
     if request.all("x-forwarded-for") not in ([], [CLIENT_ADDRESS]):
         problems.append(f"X-Forwarded-For {request.all('x-forwarded-for')!r} is not the client's address")
-    if request.all("x-forwarded-proto") not in ([], [b"http"]):
+    if request.all("x-forwarded-proto") not in ([], [b"http"], *([[b"ws"]] if websocket else [])):
         problems.append(f"X-Forwarded-Proto {request.all('x-forwarded-proto')!r} from an untrusted client")
     if b"forged" in request.target.lower():
         problems.append(f"forged target {request.target!r}")
