@@ -24,12 +24,15 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import RSAAlgorithm
 
 from authcar.authn.jwt import IssuerPolicy, JWTValidator, TokenRejected
 from authcar.authn.keys import MAX_KEYS, KeySet, KeySetError, parse_jwks
 from tests.conftest import RunningSidecar, start_sidecar
 from tests.idp import IdP, run_idp
+from tests.test_jwt_claims import ISSUER, KEY, StaticIssuer
 from tests.upstream_app import RunningUpstream
 
 
@@ -713,3 +716,66 @@ async def test_a_refused_discovery_document_means_not_ready_and_401_then_recover
         assert [record for record in caplog.records if record.exc_info] == []
         upstream.seen.clear()
         idp.reset_counters()
+
+
+# --- property: whatever a validly signed token's JSON holds, the answer is a verdict, never a bug ------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=10,
+)
+ANY_NUMBER = JSON_VALUES | st.integers(min_value=-(10**30), max_value=10**30)
+# Mostly plausible values for the claims that decide (so that examples get past the early checks
+# into the claim checks and the identity), and anything at all in the rest.
+CLAIMS = st.fixed_dictionaries(
+    {
+        "iss": st.just(ISSUER),
+        "aud": st.just("api") | st.just(["api", "other"]) | JSON_VALUES,
+        "exp": st.integers(min_value=int(time.time()) + 60, max_value=2**40) | ANY_NUMBER,
+        "iat": st.integers(min_value=0, max_value=int(time.time())) | ANY_NUMBER,
+        "sub": st.text(min_size=1, max_size=12) | JSON_VALUES,
+    },
+    optional={name: ANY_NUMBER for name in ("nbf", "jti", "groups", "roles", "scope", "scp", "realm_access")},
+)
+
+
+@pytest.fixture(scope="module")
+def property_validator(tmp_path_factory: pytest.TempPathFactory) -> JWTValidator:
+    jwk = {**RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "k1", "alg": "RS256"}
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    keyset = KeySet(None, static_file=path)
+    asyncio.run(keyset.refresh())
+    policy = IssuerPolicy(issuer=ISSUER, audiences=frozenset({"api"}), algorithms=frozenset({"RS256"}))
+    return JWTValidator({ISSUER: StaticIssuer(policy, keyset)}, cache_size=0)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    claims=CLAIMS,
+    extra_header=st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=3),
+    nest=st.just(0) | st.integers(min_value=1, max_value=40) | st.integers(min_value=41, max_value=3000),
+)
+def test_any_signed_claims_get_a_verdict_never_an_error(
+    property_validator: JWTValidator, claims: dict[str, Any], extra_header: dict[str, Any], nest: int
+) -> None:
+    header = {**extra_header, "alg": "RS256", "kid": "k1"}
+    payload = json.dumps(claims).encode()
+    if nest:  # `claims` always holds `iss`, so a member can follow
+        payload = payload[:-1] + b', "deep": ' + b"[" * nest + b"]" * nest + b"}"
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(payload)
+    signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(signing_input.encode(), KEY)
+    outcome = asyncio.run(verdict(property_validator, signing_input + "." + b64(signature)))
+    assert outcome != "verification_failed"  # a reason from a check, never the net that catches bugs
+    event(outcome)
+    if outcome == "valid":
+        assert nest <= 32
+
+
+async def verdict(validator: JWTValidator, token: str) -> str:
+    try:
+        await validator.validate(token)
+    except TokenRejected as refused:
+        return refused.reason
+    return "valid"
