@@ -46,6 +46,7 @@ class Sidecar:
             keepalive_timeout=settings.upstream_keepalive_timeout,
             max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.upstream_max_header_bytes,
+            buffer_bytes=settings.request_buffer_bytes,
         )
         # What the application is told about the caller, signed so that it can tell it came from here.
         self.assertion_signer = AssertionSigner.from_settings(settings, generated_pem=assertion_pem)

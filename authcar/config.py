@@ -203,6 +203,25 @@ class Settings:
         65536, "largest response head (status line and headers) accepted from the application; 502 above"
     )
     keepalive_timeout: float = setting(75.0, "seconds an idle client connection is kept open")
+    request_header_timeout: float = setting(
+        10.0,
+        "seconds for a whole request head to arrive, from the connection's start or a kept-alive"
+        " request's first byte; 408 (or a silent close if nothing came) after",
+    )
+    request_body_timeout: float = setting(
+        20.0, "longest silence, in seconds, while a request body arrives; 408 (or a close) after"
+    )
+    request_body_min_rate: int = setting(
+        500,
+        "bytes/s a request body must average once AUTHCAR_REQUEST_BODY_TIMEOUT has passed (each"
+        " received byte adds 1/rate s to its allowance, as in mod_reqtimeout); 0 = no minimum",
+    )
+    request_buffer_bytes: int = setting(
+        65536, "request bodies up to this size are read whole before an upstream connection is taken"
+    )
+    max_connections: int = setting(
+        4096, "client connections one worker holds at once; more wait in the listen backlog"
+    )
 
     shutdown_delay: float = setting(
         0.0, "seconds to keep serving after SIGTERM while /readyz fails, so endpoints drop this pod first"
@@ -555,11 +574,20 @@ def validate(s: Settings) -> list[str]:
         "upstream_keepalive_timeout",
         "upstream_max_header_bytes",
         "keepalive_timeout",
+        "request_header_timeout",
+        "request_body_timeout",
+        "max_connections",
     )
     for name in positive:
         if getattr(s, name) <= 0:
             problems.append(f"{env_name(name)}: must be greater than 0")
-    for name in ("max_body_bytes", "shutdown_delay", "shutdown_grace_period"):
+    for name in (
+        "max_body_bytes",
+        "shutdown_delay",
+        "shutdown_grace_period",
+        "request_body_min_rate",
+        "request_buffer_bytes",
+    ):
         if getattr(s, name) < 0:
             problems.append(f"{env_name(name)}: must not be negative")
     if s.max_header_bytes < 1024:

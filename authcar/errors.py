@@ -99,6 +99,14 @@ class MethodNotAllowed(GatewayError):
     description = "this method is not accepted by the sidecar"
 
 
+class RequestTimeout(GatewayError):
+    """The client was too slow sending its request (head or body); the connection is closed."""
+
+    status = 408
+    code = "request_header_timeout"
+    description = "the request did not arrive in time"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "body_too_large"
@@ -174,7 +182,7 @@ async def send_error(send: Send, error: GatewayError, request_id: str, *, head: 
     """Answer with the error; returns the number of body bytes sent."""
     body = error_body(error, request_id)
     # Closing after a 4xx for a body we did not read keeps the connection from desynchronising.
-    close = error.status in (400, 413, 414, 431)
+    close = error.status in (400, 408, 413, 414, 431)
     await send(
         {
             "type": "http.response.start",
@@ -189,9 +197,12 @@ async def send_error(send: Send, error: GatewayError, request_id: str, *, head: 
 def raw_error_response(error: GatewayError, request_id: str) -> bytes:
     """A complete HTTP/1.1 response, for errors found before there is an ASGI request."""
     body = error_body(error, request_id)
-    reason = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}.get(
-        error.status, b"Error"
-    )
+    reason = {
+        400: b"Bad Request",
+        408: b"Request Timeout",
+        414: b"URI Too Long",
+        431: b"Request Header Fields Too Large",
+    }.get(error.status, b"Error")
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
     lines += [name + b": " + value for name, value in error_headers(error, body, request_id, close=True)]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body

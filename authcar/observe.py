@@ -374,6 +374,17 @@ class Metrics:
             ["decision"],
             registry=r,
         )
+        self.client_timeouts = Counter(
+            "authcar_client_timeouts",
+            "Client connections closed for slowness: head_silent (nothing sent), head, body",
+            ["phase"],
+            registry=r,
+        )
+        self.connection_limit_reached = Counter(
+            "authcar_connection_limit_reached",
+            "Times a worker held AUTHCAR_MAX_CONNECTIONS and stopped accepting until one closed",
+            registry=r,
+        )
         # Label lookups take a lock and a dict hit; the hot path reuses the children.
         # The two counters every request touches are counted in plain dicts and added to the
         # Prometheus counters (a lock per increment) in batches: at every scrape, and every

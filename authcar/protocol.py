@@ -6,27 +6,80 @@
   JSON error body instead of uvicorn's plain text, and the connection is closed.
 - Over TLS, the verified client certificate is put in the scope's `tls` extension for the identity
   stages, parsed once per connection.
+- Slow clients are bounded (Slowloris, slow POST; the semantics of Apache mod_reqtimeout): a request
+  head must be whole within the header timeout, counted from the connection's start or from a
+  kept-alive request's first byte (idle time between requests is uvicorn's keep-alive timeout); a
+  body may not stay silent longer than the body timeout, nor average less than the minimum rate once
+  that time has passed. Time the sidecar itself holds the body back (flow control, a pipelined
+  request waiting its turn, an unanswered `Expect: 100-continue`) does not count against the client.
+  One timer per connection watches whichever of the two is awaited, armed only while it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from authcar.authn.jwt import TOKEN_MEMO_EXTENSION, TokenDigestMemo
-from authcar.errors import BadRequest, GatewayError, HeadersTooLarge, URITooLong, raw_error_response
+from authcar.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    RequestTimeout,
+    URITooLong,
+    raw_error_response,
+)
 from authcar.headers import new_request_id
+from authcar.observe import Metrics
 from authcar.tls import client_certificate
+from authcar.upstream import BODY_TIMEOUT_EXTENSION
 
 
 @dataclass(frozen=True)
 class HeadLimits:
     max_head_bytes: int
     max_header_count: int
+
+
+@dataclass(frozen=True)
+class ClientPacing:
+    """How slow a client may be: AUTHCAR_REQUEST_HEADER_TIMEOUT, _BODY_TIMEOUT, _BODY_MIN_RATE."""
+
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int  # bytes/s; 0: no minimum
+
+
+HEAD_TIMEOUT = RequestTimeout("the request head did not arrive in time", code="request_header_timeout")
+BODY_TIMEOUT = RequestTimeout("the request body did not arrive in time", code="request_body_timeout")
+
+
+class PacedFlowControl(FlowControl):
+    """uvicorn's read/write flow control, reporting how long reading was held back by the sidecar."""
+
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, on_held: Callable[[float], None]
+    ) -> None:
+        super().__init__(transport)
+        self.loop = loop
+        self.on_held = on_held
+        self.paused_at = 0.0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.paused_at = self.loop.time()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            super().resume_reading()
+            self.on_held(self.loop.time() - self.paused_at)
 
 
 class HeadLimitExceeded(Exception):
@@ -89,14 +142,22 @@ class CorkedTransport:
         return getattr(self.transport, name)
 
 
-def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
-    """A protocol class bound to these limits (uvicorn instantiates it per connection)."""
+def http_protocol(
+    limits: HeadLimits,
+    pacing: ClientPacing,
+    metrics: Metrics | None = None,
+    on_closed: Callable[[], None] | None = None,
+) -> type[HttpToolsProtocol]:
+    """A protocol class bound to these limits (uvicorn instantiates it per connection).
+
+    `on_closed` runs whenever a connection ends (the connection limit's cue to accept again)."""
 
     class GateHttpProtocol(HttpToolsProtocol):
         head_limits = limits
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.flow = PacedFlowControl(transport, self.loop, self.reading_held)
             self.tls = tls_extension(transport)
             self.token_memo = TokenDigestMemo()
             self.in_head = True
@@ -104,26 +165,155 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self.header_count = 0
             self.header_size = 0  # parsed header bytes of the current head
             self.limit_error: GatewayError | None = None
+            self.received_any = False
+            self.head_started = False  # bytes of a head not yet complete have arrived
+            self.body_pending = False  # a head is complete, its message is not
+            self.body_last = 0.0  # when the body last made progress (or stopped being held back)
+            self.body_deadline = 0.0  # the minimum rate's allowance, grown by each byte
+            self.asked_to_continue = False  # the body timer found the client waiting for 100 Continue
+            self.upgraded = False
+            # The new connection's head is due from now: a connection that sends nothing is closed too.
+            self.watching = "head"
+            self.timer: asyncio.TimerHandle | None = self.loop.call_later(
+                pacing.header_timeout, self.head_overdue
+            )
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.stop_watching()
+            super().connection_lost(exc)
+            if on_closed is not None:
+                on_closed()
 
         def data_received(self, data: bytes) -> None:
+            self.received_any = True
             if self.in_head:
                 self.head_bytes += len(data)
+                self.head_started = True
+            elif self.body_pending and self.watching == "body":
+                self.body_last = self.loop.time()
+                if pacing.body_min_rate:
+                    self.body_deadline += len(data) / pacing.body_min_rate
             try:
                 super().data_received(data)
             except HeadLimitExceeded as exc:  # when the parser lets our exception through unwrapped
                 self.limit_error = exc.error
                 self.send_400_response(str(exc))
                 return
+            if self.upgraded or self.transport.is_closing():
+                return
             # A head still incomplete after this much data will not fit: stop buffering it.
-            if (
-                self.in_head
-                and self.head_bytes > self.head_limits.max_head_bytes
-                and not self.transport.is_closing()
-            ):
+            if self.in_head and self.head_bytes > self.head_limits.max_head_bytes:
                 self.limit_error = HeadersTooLarge()
                 self.send_400_response("")
+                return
+            # Timers only for what is still awaited once this read is parsed: a request that arrives
+            # whole in one read (the usual case on a kept-alive connection) arms none.
+            if self.timer is None:
+                if self.head_started:
+                    self.watch("head", pacing.header_timeout)
+                elif self.body_pending:
+                    self.asked_to_continue = False
+                    now = self.loop.time()
+                    self.body_last = now
+                    self.body_deadline = now + pacing.body_timeout
+                    self.watch("body", pacing.body_timeout)
+
+        def watch(self, what: str, delay: float) -> None:
+            self.watching = what
+            self.timer = self.loop.call_later(
+                delay, self.head_overdue if what == "head" else self.body_overdue
+            )
+
+        def stop_watching(self) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.watching = ""
+
+        def head_overdue(self) -> None:
+            self.timer = None
+            self.watching = ""
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A pipelined head behind a response still in flight: end the connection after it.
+                cycle.keep_alive = False
+                return
+            if not self.received_any:
+                self.count_timeout("head_silent")
+                self.transport.close()
+                return
+            self.count_timeout("head")
+            self.limit_error = HEAD_TIMEOUT
+            self.send_400_response("")
+
+        def body_overdue(self) -> None:
+            self.timer = None
+            cycle = self.cycle
+            if self.transport.is_closing() or not self.body_pending or cycle is None:
+                self.watching = ""
+                return
+            now = self.loop.time()
+            if self.flow.read_paused:
+                # The sidecar is holding the body back: not the client's silence. reading_held()
+                # restarts the clock when reading resumes.
+                self.body_last = now
+                self.watch("body", pacing.body_timeout)
+                return
+            if cycle.waiting_for_100_continue or self.asked_to_continue:
+                # The client waits to be asked for its body (Expect: 100-continue): its clock starts
+                # once it has been (at most one period late).
+                self.asked_to_continue = cycle.waiting_for_100_continue
+                self.body_last = now
+                self.body_deadline = now + pacing.body_timeout
+                self.watch("body", pacing.body_timeout)
+                return
+            due = self.body_last + pacing.body_timeout
+            if pacing.body_min_rate:
+                due = min(due, self.body_deadline)
+            if now < due:
+                self.watch("body", due - now)
+                return
+            self.watching = ""
+            self.count_timeout("body")
+            # The application's receive() now reports a disconnect: an upstream exchange that had
+            # started is aborted, never pooled, and nothing more is answered on this connection.
+            cycle.scope["extensions"][BODY_TIMEOUT_EXTENSION] = True
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_complete:
+                self.transport.close()
+            elif cycle.response_started:
+                self.transport.abort()  # a cut-short response must not look complete
+            else:
+                self.transport.write(raw_error_response(BODY_TIMEOUT, new_request_id()))
+                self.transport.close()
+
+        def reading_held(self, seconds: float) -> None:
+            """Reading resumes after the sidecar held it back: that time is not the client's."""
+            if self.watching == "body":
+                self.body_last = self.loop.time()
+                self.body_deadline += seconds
+
+        def count_timeout(self, phase: str) -> None:
+            if metrics is not None:
+                metrics.client_timeouts.labels(phase=phase).inc()
+
+        def handle_websocket_upgrade(self) -> None:
+            # From here the WebSocket protocol owns the connection (and reports its end).
+            self.upgraded = True
+            self.stop_watching()
+            super().handle_websocket_upgrade()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.watching == "head":
+                # The next head has begun: the header timeout governs it, not the keep-alive timeout.
+                self._unset_keepalive_if_required()
 
         def on_message_begin(self) -> None:
+            self.head_started = True
             super().on_message_begin()
             extensions: dict[str, Any] = {TOKEN_MEMO_EXTENSION: self.token_memo}
             if self.tls is not None:
@@ -154,7 +344,11 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            if self.watching == "head":
+                self.stop_watching()
             self.in_head = False
+            self.head_started = False
+            self.body_pending = True  # until on_message_complete, at once for a body-less request
             self.head_bytes = 0
             self.header_count = 0
             self.header_size = 0
@@ -167,6 +361,9 @@ def http_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self.in_head = True
+            self.body_pending = False
+            if self.watching == "body":
+                self.stop_watching()
 
         def fail(self, error: GatewayError) -> HeadLimitExceeded:
             self.limit_error = error
@@ -191,3 +388,14 @@ class GateWebSocketProtocol(WebSocketsSansIOProtocol):
             tls = tls_extension(self.transport)
             if tls is not None:
                 scope.setdefault("extensions", {})["tls"] = tls
+
+
+def websocket_protocol(on_closed: Callable[[], None]) -> type[GateWebSocketProtocol]:
+    """The WebSocket protocol class, reporting each connection's end like the HTTP one."""
+
+    class BoundWebSocketProtocol(GateWebSocketProtocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            on_closed()
+
+    return BoundWebSocketProtocol

@@ -29,8 +29,9 @@ import uvicorn
 from authcar.app import Sidecar
 from authcar.assertion import new_private_key_pem
 from authcar.config import Settings
+from authcar.connections import Acceptor, ConnectionLimit
 from authcar.observe import configure_logging, drop_intended_aborts
-from authcar.protocol import GateWebSocketProtocol, HeadLimits, http_protocol
+from authcar.protocol import ClientPacing, HeadLimits, http_protocol, websocket_protocol
 
 log = logging.getLogger("authcar")
 
@@ -95,7 +96,34 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def uvicorn_config(app: object, settings: Settings, *, public: bool) -> uvicorn.Config:
+class PublicServer(QuietServer):
+    """The public listener: accepts through the connection limit instead of `loop.create_server`."""
+
+    def __init__(self, config: uvicorn.Config, limit: ConnectionLimit, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.limit = limit
+        self.handshake_timeout = handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # lifespan and state; no listener of uvicorn's own
+        config = self.config
+        self.limit.connections = self.server_state.connections
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        for sock in sockets or []:
+            acceptor = Acceptor(
+                sock, create_protocol, self.limit, tls=config.ssl, handshake_timeout=self.handshake_timeout
+            )
+            self.servers.append(acceptor)  # type: ignore[arg-type]
+
+
+def uvicorn_config(
+    app: object, settings: Settings, *, public: bool, limit: ConnectionLimit | None = None
+) -> uvicorn.Config:
     common = {
         "lifespan": "off",
         "log_config": None,
@@ -107,10 +135,19 @@ def uvicorn_config(app: object, settings: Settings, *, public: bool) -> uvicorn.
     }
     if not public:
         return uvicorn.Config(app, http="httptools", ws="none", timeout_graceful_shutdown=2, **common)
+    on_closed = limit.closed if limit is not None else (lambda: None)
+    metrics = limit.metrics if limit is not None else None
     config = uvicorn.Config(
         app,
-        http=http_protocol(HeadLimits(settings.max_header_bytes, settings.max_header_count)),
-        ws=GateWebSocketProtocol,
+        http=http_protocol(
+            HeadLimits(settings.max_header_bytes, settings.max_header_count),
+            ClientPacing(
+                settings.request_header_timeout, settings.request_body_timeout, settings.request_body_min_rate
+            ),
+            metrics,
+            on_closed,
+        ),
+        ws=websocket_protocol(on_closed),
         ws_max_size=16 * 1024 * 1024,
         timeout_keep_alive=int(settings.keepalive_timeout),
         timeout_graceful_shutdown=int(settings.shutdown_grace_period),
@@ -131,13 +168,17 @@ class Service:
         # Logger filters are process-wide; adding the same function twice is a no-op.
         logging.getLogger("uvicorn.error").addFilter(drop_intended_aborts)
         self.sidecar = Sidecar(settings, assertion_pem=assertion_pem)
-        public_config = uvicorn_config(self.sidecar.public_app, settings, public=True)
+        self.connection_limit = ConnectionLimit(settings.max_connections, self.sidecar.metrics)
+        public_config = uvicorn_config(
+            self.sidecar.public_app, settings, public=True, limit=self.connection_limit
+        )
         public_config.load()
         if self.sidecar.tls is not None:
             public_config.ssl = self.sidecar.tls.context  # reloads swap certificates inside this context
         admin_config = uvicorn_config(self.sidecar.admin_app, settings, public=False)
         admin_config.load()
-        self.public = QuietServer(public_config)
+        # A TLS handshake is part of a new connection's head time.
+        self.public = PublicServer(public_config, self.connection_limit, settings.request_header_timeout)
         self.admin = QuietServer(admin_config)
         self.stopping = False
 

@@ -2,9 +2,13 @@
 
 HTTP goes through `authcar.http1`, our keep-alive HTTP/1.1 pool (see docs/decisions.md, decision 8:
 it costs a fraction of a general-purpose client per request). WebSockets, rare and long-lived, go
-through aiohttp. Redirects are never followed, bodies are never buffered whole, compression is left
-to the two ends, and the only retry is an idempotent body-less request whose reused connection had
-been closed by the upstream before it saw the request.
+through aiohttp. Redirects are never followed, compression is left to the two ends, and the only
+retry is an idempotent body-less request whose reused connection had been closed by the upstream
+before it saw the request.
+
+A small body (up to AUTHCAR_REQUEST_BUFFER_BYTES) is read whole before an upstream connection is
+taken: a client that sends a byte and stalls holds only its own connection, never one of the pool's,
+and the application never sees half of it. Larger bodies stream, with back-pressure both ways.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
+from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, RequestTimeout
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
     DEFAULT_MAX_HEADER_BYTES,
@@ -36,6 +41,9 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 NO_BODY_STATUS = frozenset({204, 304})
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
+# Set in a request's extensions by the protocol when its body came too slowly (the disconnect the
+# application then receives is the sidecar's doing, answered 408, not the client leaving).
+BODY_TIMEOUT_EXTENSION = "authcar.request_body_timeout"
 
 
 class ClientGone(Exception):
@@ -57,12 +65,14 @@ class Exchange:
 class RequestBody:
     """The client's body as an async iterator, enforcing the size limit while streaming."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, extensions: dict[str, Any] | None = None) -> None:
         self.receive = receive
         self.limit = limit
+        self.extensions = extensions
         self.received = 0
         self.too_large = False
         self.client_gone = False
+        self.timed_out = False  # the protocol's body timeout ended it (408 already answered)
         self.complete = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -70,6 +80,7 @@ class RequestBody:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 self.client_gone = True
+                self.timed_out = bool(self.extensions and self.extensions.get(BODY_TIMEOUT_EXTENSION))
                 raise ClientGone
             chunk = message.get("body", b"")
             if chunk:
@@ -81,6 +92,26 @@ class RequestBody:
             if not message.get("more_body", False):
                 self.complete = True
                 return
+
+    async def read_ahead(self, size: int) -> AsyncIterator[bytes]:
+        """Read the body until it ends or passes `size` bytes; then the same body as `chunks()`
+        (what was read first, in one piece, then the rest as it comes)."""
+        stream = self.chunks()
+        held: list[bytes] = []
+        total = 0
+        async for chunk in stream:
+            held.append(chunk)
+            total += len(chunk)
+            if total > size:
+                break
+        return replay(b"".join(held), stream)
+
+
+async def replay(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 class Upstream:
@@ -96,7 +127,9 @@ class Upstream:
         keepalive_timeout: float,
         max_body_bytes: int,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        buffer_bytes: int = 0,
     ) -> None:
+        """`buffer_bytes`: bodies up to this size are read whole before a connection is taken."""
         base = URL(url)
         self.origin = str(base.origin())
         self.host = base.host or "127.0.0.1"
@@ -105,6 +138,7 @@ class Upstream:
         self.base_path = base.raw_path.rstrip("/").encode("latin-1")
         self.host_header = base.raw_authority
         self.max_body_bytes = max_body_bytes
+        self.buffer_bytes = buffer_bytes
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
@@ -177,14 +211,20 @@ class Upstream:
         """
         assert self.pool is not None, "Upstream.start() was not awaited"
         has_body = framed.chunked or bool(framed.content_length)
-        body = RequestBody(receive, self.max_body_bytes) if has_body else None
+        body = RequestBody(receive, self.max_body_bytes, scope.get("extensions")) if has_body else None
         started = time.perf_counter()
         try:
+            chunks = None
+            if body is not None:
+                small = framed.chunked or (framed.content_length or 0) <= self.buffer_bytes
+                # Before a pooled connection is taken: a slow small upload holds none (module doc).
+                chunks = await body.read_ahead(self.buffer_bytes) if small else body.chunks()
+                started = time.perf_counter()
             response = await self.pool.request(
                 scope["method"].encode("ascii"),
                 self.target(scope),
                 framed.headers,
-                body.chunks() if body is not None else None,
+                chunks,
                 content_length=framed.content_length,
                 chunked=framed.chunked,
             )
@@ -206,6 +246,9 @@ class Upstream:
         if body is not None and body.too_large:
             exchange.error = "body_too_large"
             return PayloadTooLarge()
+        if body is not None and body.timed_out:
+            exchange.error = "request_body_timeout"
+            return RequestTimeout("the request body did not arrive in time", code="request_body_timeout")
         if body is not None and body.client_gone:
             exchange.error = "client_gone"
             exchange.client_gone = True
