@@ -19,6 +19,8 @@ A file names its class (a section of ../shared/SECURITY.md) and lists cases:
       upstream: none            # or what the single sanitised request must look like:
         # {requests: 1, method, target, body, chunked, absent: [names], present: [names],
         #  equal: {name: value}}
+      pipeline: 20              # the request rendered (fresh tokens each time) 20 times on one connection
+      jwks_fetches: 1           # the provider's JWKS endpoint was asked at most this often meanwhile
       xfail: "lead: framing/desync"   # the awaited fix; the case must then fail (strict)
       skip: "arrives with issue 12/13"
 
@@ -42,7 +44,7 @@ TEMPLATE = re.compile(r"\{(token:[A-Za-z0-9_]+|body_length|repeat:[^{}*]*\*\d+|c
 TOKEN_CASE_TARGET = "/api/token"
 CASE_KEYS = frozenset(
     {"id", "why", "request", "raw", "body", "token", "status", "code", "upstream", "xfail", "skip"}
-    | {"target", "method", "headers", "anonymous"}
+    | {"target", "method", "headers", "anonymous", "pipeline", "jwks_fetches"}
 )
 UPSTREAM_KEYS = frozenset({"requests", "method", "target", "body", "chunked", "absent", "present", "equal"})
 
@@ -75,6 +77,8 @@ class Case:
     why: str = ""
     xfail: str | None = None
     skip: str | None = None
+    pipeline: int = 1
+    jwks_fetches: int | None = None
 
     @property
     def name(self) -> str:
@@ -97,12 +101,15 @@ class Case:
 
             return TEMPLATE.sub(one, text)
 
-        if self.raw is not None:
-            return substitute(self.raw, None).encode("latin-1")
-        assert self.request is not None
-        body = substitute(self.body, None).encode("latin-1")
-        head = "\r\n".join(substitute(line, len(body)) for line in self.request)
-        return head.encode("latin-1") + b"\r\n\r\n" + body
+        def once() -> bytes:
+            if self.raw is not None:
+                return substitute(self.raw, None).encode("latin-1")
+            assert self.request is not None
+            body = substitute(self.body, None).encode("latin-1")
+            head = "\r\n".join(substitute(line, len(body)) for line in self.request)
+            return head.encode("latin-1") + b"\r\n\r\n" + body
+
+        return b"".join(once() for _ in range(self.pipeline))
 
 
 def statuses_of(value: Any) -> tuple[tuple[int, ...], ...]:
@@ -160,7 +167,7 @@ def case_of(file: str, klass: str, entry: dict[str, Any]) -> Case:
     else:
         if (request is None) == ("raw" not in entry):
             raise ValueError(f"{where}: give exactly one of request, raw or token")
-        statuses = statuses_of(entry["status"])
+        statuses = statuses_of(entry["status"]) * int(entry.get("pipeline", 1))
     return Case(
         file=file,
         id=str(entry["id"]),
@@ -174,6 +181,8 @@ def case_of(file: str, klass: str, entry: dict[str, Any]) -> Case:
         why=entry.get("why", ""),
         xfail=entry.get("xfail"),
         skip=entry.get("skip"),
+        pipeline=int(entry.get("pipeline", 1)),
+        jwks_fetches=entry.get("jwks_fetches"),
     )
 
 

@@ -20,6 +20,7 @@ lands the case passes, the run fails, and the marker must go.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -88,7 +89,11 @@ def answer_problems(case: Case, result: Exchange) -> list[str]:
             body = answer.json()
             if not isinstance(body, dict) or set(body) != ERROR_KEYS:
                 problems.append(f"{answer.status} without the JSON error body: {answer.body[:300]!r}")
-            elif case.code is not None and len(case.statuses) == 1 and body["error"] != case.code:
+            elif (
+                case.code is not None
+                and (len(case.statuses) == 1 or case.pipeline > 1)
+                and body["error"] != case.code
+            ):
                 problems.append(f"error code {body['error']!r}, expected {case.code!r}")
     return problems
 
@@ -160,10 +165,15 @@ async def test_case_on_pooled_connections(pooled_stack: Stack, case: Case) -> No
 async def run_case(stack: Stack, case: Case) -> None:
     stack.upstream.reset()
     log_offset = stack.log_size()
+    fetches = await asyncio.to_thread(stack.idp.count, "jwks") if case.jwks_fetches is not None else 0
     data = case.render(fill_for(stack))
     result = await exchange(stack.port, data, responses=len(case.statuses))
     await stack.upstream.quiet(grace=CONNECT_GRACE)
     problems = answer_problems(case, result) + upstream_problems(case, stack)
+    if case.jwks_fetches is not None:
+        fetched = await asyncio.to_thread(stack.idp.count, "jwks") - fetches
+        if fetched > case.jwks_fetches:
+            problems.append(f"the JWKS was fetched {fetched} times, at most {case.jwks_fetches} allowed")
     stack.upstream.reset()
     problems += await health_problems(stack, log_offset)
     assert not problems, f"{case.name} ({case.why or case.klass}):\n" + "\n".join(problems)

@@ -173,6 +173,7 @@ BUILDERS: Mapping[str, Callable[[Tokens], str]] = {
     "ps256_with_rs256_kid": lambda t: t.signed("PS256", header={"kid": t.published["RS256"].kid}),
     # keys chosen by the token
     "unknown_kid": lambda t: t.by_attacker({"kid": "attacker-key-1"}),
+    "random_unknown_kid": lambda t: t.by_attacker({"kid": f"attacker-{uuid.uuid4()}"}),
     "known_kid_attacker_signature": lambda t: t.by_attacker({"kid": t.published["RS256"].kid}),
     "embedded_jwk": lambda t: t.by_attacker({"jwk": attacker_jwk(t)}),
     "embedded_jwk_with_known_kid": lambda t: t.by_attacker(
