@@ -165,6 +165,7 @@ def http_protocol(
             self.header_count = 0
             self.header_size = 0  # parsed header bytes of the current head
             self.limit_error: GatewayError | None = None
+            self.deferred_error: GatewayError | None = None  # a bad pipelined request, answered last
             self.received_any = False
             self.head_started = False  # bytes of a head not yet complete have arrived
             self.body_pending = False  # a head is complete, its message is not
@@ -308,6 +309,9 @@ def http_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.deferred_error is not None and not self.answers_pending():
+                self.write_error_and_close(self.deferred_error)
+                return
             if self.watching == "head":
                 # The next head has begun: the header timeout governs it, not the keep-alive timeout.
                 self._unset_keepalive_if_required()
@@ -371,9 +375,23 @@ def http_protocol(
 
         def send_400_response(self, msg: str) -> None:
             error = self.limit_error or BadRequest("malformed HTTP request", code="malformed_request")
+            if self.in_head and self.answers_pending():
+                # The bad bytes begin a pipelined request; those before it were complete and may
+                # already be at the application: answer them first, then refuse and close.
+                self.deferred_error = error
+                self.transport.pause_reading()
+                return
+            self.write_error_and_close(error)
+
+        def answers_pending(self) -> bool:
+            cycle = self.cycle
+            return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+
+        def write_error_and_close(self, error: GatewayError) -> None:
             if not self.transport.is_closing():
                 self.transport.write(raw_error_response(error, new_request_id()))
                 self.transport.close()
+
 
     return GateHttpProtocol
 
