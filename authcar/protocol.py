@@ -392,7 +392,6 @@ def http_protocol(
                 self.transport.write(raw_error_response(error, new_request_id()))
                 self.transport.close()
 
-
     return GateHttpProtocol
 
 
