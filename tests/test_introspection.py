@@ -532,6 +532,22 @@ async def test_through_the_sidecar_an_unacceptable_answer_is_a_401_and_nothing_i
         assert [seen.header("x-auth-request-user") for seen in upstream.seen] == ["grace"]
 
 
+async def test_an_answer_at_the_limits_is_accepted_and_read_back_from_the_cache(
+    make: Callable[..., Any], idp: IdP
+) -> None:
+    """The stored entry wraps the claims one level deeper and re-encodes them: still readable."""
+    introspector = await make()
+    deepest = "[" * 31 + "]" * 31  # the answer object is the 32nd level
+    longest = json.dumps("é" * 8192, ensure_ascii=False)  # each one escaped to six characters when stored
+    idp.raw_answers["introspect"] = active_answer(idp, deep=deepest, note=longest, n=str(-(10**19)))
+    token = idp.mint_opaque()
+    first = await introspector.verify(token)
+    again = await introspector.verify(token)
+    assert (first.cached, again.cached) == (False, True)
+    assert again.claims == first.claims
+    assert idp.introspections == 1
+
+
 async def test_numbers_within_the_limits_are_accepted(make: Callable[..., Any], idp: IdP) -> None:
     introspector = await make()
     idp.raw_answers["introspect"] = active_answer(idp, exp=f"{int(time.time()) + 300}.25", level=str(2**63))
