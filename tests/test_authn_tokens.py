@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from jwt.algorithms import RSAAlgorithm
 
 from authcar.authn.jwt import IssuerPolicy, JWTValidator, TokenRejected
-from authcar.authn.keys import MAX_KEYS, KeySet, KeySetError, parse_jwks
+from authcar.authn.keys import MAX_DOCUMENT_BYTES, MAX_KEYS, KeySet, KeySetError, ProviderMetadata, parse_jwks
 from tests.conftest import RunningSidecar, start_sidecar
 from tests.idp import IdP, run_idp
 from tests.test_jwt_claims import ISSUER, KEY, StaticIssuer
@@ -779,3 +779,36 @@ async def verdict(validator: JWTValidator, token: str) -> str:
     except TokenRejected as refused:
         return refused.reason
     return "valid"
+
+
+async def test_a_static_jwks_file_replaced_by_a_broken_one_keeps_the_last_good_keys(
+    idp: IdP, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(idp.keys))
+    keyset = KeySet(None, static_file=path)
+    await keyset.refresh()
+    good = dict(keyset.keys)
+    for broken in (b"[" * 100_000, json.dumps(idp.keys).encode() + b" " * MAX_DOCUMENT_BYTES, b"\xff"):
+        path.write_bytes(broken)
+        with caplog.at_level(logging.ERROR, logger="authcar.keys"):
+            await keyset.refresh()
+        assert keyset.keys == good
+        assert keyset.last_error is not None
+        assert "acceptable JSON object" in keyset.last_error
+    assert [bool(record.exc_info) for record in caplog.records] == [False] * 3  # once each, no traceback
+
+
+@pytest.mark.parametrize(
+    "methods", [5, {"client_secret_basic": 1}, "client_secret_basic", [1, None, ["x"]], 1e308]
+)
+def test_discovery_members_of_the_wrong_type_are_ignored(methods: object) -> None:
+    document = {
+        "issuer": ISSUER,
+        "jwks_uri": ["https://x"],
+        "introspection_endpoint": 7,
+        "introspection_endpoint_auth_methods_supported": methods,
+    }
+    metadata = ProviderMetadata.from_document(document, ISSUER)
+    assert (metadata.jwks_uri, metadata.introspection_endpoint) == (None, None)
+    assert metadata.introspection_auth_methods == ()
