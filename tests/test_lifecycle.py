@@ -40,11 +40,14 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
             "AUTHCAR_SHUTDOWN_GRACE_PERIOD": "10",
         }
     )
-    async with httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client:
-        in_flight = asyncio.create_task(client.get("/slow", params={"delay": "1.5"}))
-        await asyncio.sleep(0.5)
-        assert upstream.paths() == ["/slow?delay=1.5"]  # it really is in flight
+    async with httpx.AsyncClient(base_url=sidecar.url, timeout=30) as client:
+        # The upstream holds the answer until released: in flight for as long as the test needs.
+        in_flight = asyncio.create_task(client.get("/slow", params={"delay": "60"}))
+        await upstream.until_seen(1)
         sidecar.signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_for_events, sidecar, "draining", count=1)
+        assert not in_flight.done()  # draining began with the request in flight
+        upstream.release()
         response = await in_flight
     assert response.status_code == 200
     assert response.text == "late"
@@ -69,13 +72,14 @@ async def test_new_connections_are_refused_once_draining_ends(
 async def test_shutdown_delay_keeps_serving_while_readiness_fails(
     upstream: RunningUpstream, sidecar_process_factory
 ) -> None:
+    # The delay is the window in which the checks below must run: generous for a loaded machine.
     sidecar = sidecar_process_factory(
-        {"AUTHCAR_UPSTREAM": upstream.url, "AUTHCAR_ALLOW_ANONYMOUS": "true", "AUTHCAR_SHUTDOWN_DELAY": "2"}
+        {"AUTHCAR_UPSTREAM": upstream.url, "AUTHCAR_ALLOW_ANONYMOUS": "true", "AUTHCAR_SHUTDOWN_DELAY": "5"}
     )
     async with httpx.AsyncClient(timeout=5) as client:
         assert (await client.get(sidecar.admin_url + "/readyz")).status_code == 200
         sidecar.signal(signal.SIGTERM)
-        await asyncio.sleep(0.4)
+        await asyncio.to_thread(wait_for_events, sidecar, "draining", count=1)
         ready = await client.get(sidecar.admin_url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["shutdown"]["ok"] is False
@@ -94,15 +98,18 @@ async def test_a_stuck_request_is_cut_at_the_grace_period(
             "AUTHCAR_SHUTDOWN_GRACE_PERIOD": "1",
         }
     )
-    async with httpx.AsyncClient(base_url=sidecar.url, timeout=15) as client:
-        stuck = asyncio.create_task(client.get("/slow", params={"delay": "30"}))
-        await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(base_url=sidecar.url, timeout=60) as client:
+        # Never answered unless cut: without the grace period the sidecar would wait for ever
+        # (sidecar.wait's 20 s is the generous bound), so exiting at all is the proof.
+        stuck = asyncio.create_task(client.get("/slow", params={"delay": "600"}))
+        await upstream.until_seen(1)
         started = time.monotonic()
         sidecar.signal(signal.SIGTERM)
         assert await asyncio.to_thread(sidecar.wait) == 0
-        assert time.monotonic() - started < 8
+        assert time.monotonic() - started >= 1  # not before the grace period
         with pytest.raises(httpx.HTTPError):
             (await stuck).raise_for_status()
+    assert upstream.abandoned == ["/slow?delay=600"]
 
 
 async def test_workers_share_the_ports_and_metrics_add_up(
@@ -121,14 +128,22 @@ async def test_workers_share_the_ports_and_metrics_add_up(
         for index in range(requests):
             response = await client.get(f"/n/{index}", headers={"Connection": "close"})
             assert response.status_code == 200
-        # Each worker adds its batched counts to the shared files at least every FLUSH_INTERVAL.
-        await asyncio.sleep(FLUSH_INTERVAL + 0.3)
-        metrics = ""
-        for _ in range(3):  # any worker may answer /metrics: each reports the sum of all
+
+        # Each worker adds its batched counts to the shared files every FLUSH_INTERVAL (later on a
+        # loaded machine: waited for, with a generous bound).
+        async def counted() -> int:
             metrics = (await client.get(sidecar.admin_url + "/metrics")).text
-            counted = re.search(r'authcar_requests_total\{decision="anonymous",status="200"\} (\d+)', metrics)
-            assert counted is not None, metrics[:2000]
-            assert int(float(counted.group(1))) == requests
+            found = re.search(r'authcar_requests_total\{decision="anonymous",status="200"\} (\d+)', metrics)
+            return int(float(found.group(1))) if found else 0
+
+        deadline = time.monotonic() + FLUSH_INTERVAL + 20
+        while (total := await counted()) < requests:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert total == requests
+        for _ in range(3):  # any worker may answer /metrics: each reports the sum of all
+            assert await counted() == requests
     assert len(upstream.seen) == requests
 
     sidecar.signal(signal.SIGTERM)

@@ -56,13 +56,12 @@ async def follow_the_gauge(sidecar: SidecarProcess, upstream: RunningUpstream) -
 
         idle = await tasks()
         async with httpx.AsyncClient(base_url=sidecar.url, timeout=10) as callers:
-            slow = [asyncio.create_task(callers.get("/slow", params={"delay": "1.5"})) for _ in range(8)]
-            for _ in range(100):
-                if len(upstream.seen) == 8:
-                    break
-                await asyncio.sleep(0.05)
+            # Held by the upstream until released, so all 8 are in flight when the gauge is read.
+            slow = [asyncio.create_task(callers.get("/slow", params={"delay": "60"})) for _ in range(8)]
+            await upstream.until_seen(8)
             busy = await tasks()
             assert busy >= idle + 8  # at least one task per request in flight
+            upstream.release()
             assert all(r.status_code == 200 for r in await asyncio.gather(*slow))
         for _ in range(100):  # the callers' connections are closed: back to where it was
             if await tasks() <= idle:

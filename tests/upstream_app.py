@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+WAIT_BOUND = 20.0  # seconds: a generous bound for what a correct sidecar does in milliseconds
 
 
 @dataclass
@@ -37,17 +39,64 @@ class RunningUpstream:
     port: int
     seen: list[Seen] = field(default_factory=list)
     ws_closes: list[int | None] = field(default_factory=list)  # close codes the /ws endpoint received
+    # /slow and /slow-body requests whose connection the sidecar closed before the answer was done
+    abandoned: list[str] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends every /slow wait early
+
+    def release(self) -> None:
+        """Let every waiting and future /slow, /slow-body request answer now (tests that need an
+        answer at a moment of their choosing ask for a delay far beyond it, then release)."""
+        self.released.set()
 
     def paths(self) -> list[str]:
         return [s.raw_path for s in self.seen]
+
+    async def until_seen(self, count: int, within: float = WAIT_BOUND) -> list[Seen]:
+        """The requests received, once there are `count` (AssertionError after `within` seconds)."""
+        await _until(lambda: len(self.seen) >= count, within, f"{count} requests")
+        return self.seen
+
+    async def until_abandoned(self, count: int, within: float = WAIT_BOUND) -> list[str]:
+        """The abandoned /slow requests, once there are `count`."""
+        await _until(lambda: len(self.abandoned) >= count, within, f"{count} abandoned requests")
+        return self.abandoned
 
     def connections(self) -> set[int]:
         """Distinct upstream connections the requests seen so far arrived on."""
         return {s.peer_port for s in self.seen}
 
 
-def make_app(seen: list[Seen], ws_closes: list[int | None] | None = None) -> web.Application:
+async def _until(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the upstream did not see {what} within {within} s")
+        await asyncio.sleep(0.02)
+
+
+def make_app(
+    seen: list[Seen],
+    ws_closes: list[int | None] | None = None,
+    abandoned: list[str] | None = None,
+    released: asyncio.Event | None = None,
+) -> web.Application:
     ws_closes = [] if ws_closes is None else ws_closes
+    abandoned = [] if abandoned is None else abandoned
+    released = asyncio.Event() if released is None else released
+
+    async def hold(request: web.Request) -> bool:
+        """Wait ?delay= seconds or until released; False (and noted) if the sidecar closes first.
+
+        So a delay far beyond the sidecar's timeout costs nothing: no handler outlives its test.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(request.query.get("delay", "5"))
+        while (remaining := deadline - loop.time()) > 0 and not released.is_set():
+            if request.transport is None or request.transport.is_closing():
+                abandoned.append(request.raw_path)
+                return False
+            await asyncio.sleep(min(remaining, 0.05))
+        return True
 
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -99,15 +148,15 @@ def make_app(seen: list[Seen], ws_closes: list[int | None] | None = None) -> web
         return response
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("delay", "5")))
+        await hold(request)
         return web.Response(text="late")
 
     async def slow_body(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
         await response.write(b"first")
-        await asyncio.sleep(float(request.query.get("delay", "5")))
-        await response.write(b"second")
+        if await hold(request):
+            await response.write(b"second")
         return response
 
     async def reset(request: web.Request) -> web.StreamResponse:
@@ -185,13 +234,16 @@ def pattern(size: int) -> bytes:
 async def serve_upstream(host: str = "127.0.0.1") -> AsyncIterator[RunningUpstream]:
     seen: list[Seen] = []
     ws_closes: list[int | None] = []
-    runner = web.AppRunner(make_app(seen, ws_closes), access_log=None, handle_signals=False)
+    abandoned: list[str] = []
+    released = asyncio.Event()
+    app = make_app(seen, ws_closes, abandoned, released)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield RunningUpstream(url=f"http://{host}:{port}", port=port, seen=seen, ws_closes=ws_closes)
+        yield RunningUpstream(f"http://{host}:{port}", port, seen, ws_closes, abandoned, released)
     finally:
         await runner.cleanup()
 
