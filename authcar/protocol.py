@@ -395,16 +395,42 @@ def http_protocol(
     return GateHttpProtocol
 
 
+BAD_HANDSHAKE = BadRequest("the WebSocket handshake is invalid", code="bad_websocket_handshake")
+
+
 class GateWebSocketProtocol(WebSocketsSansIOProtocol):
-    """Adds the same TLS facts to WebSocket scopes."""
+    """Adds the same TLS facts to WebSocket scopes, and answers bad handshakes like any bad request."""
 
     def handle_connect(self, event: Any) -> None:
+        if self.conn.accept(event).status_code != 101:
+            # websockets refuses the handshake (no key, wrong version, ...) with a text/plain page;
+            # the client gets the JSON error every other malformed request gets.
+            self.refuse(BAD_HANDSHAKE)
+            return
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
             tls = tls_extension(self.transport)
             if tls is not None:
                 scope.setdefault("extensions", {})["tls"] = tls
+
+    def handle_handshake_exception(self) -> None:
+        # websockets could not parse the handshake: it queued a 414/431 for a limit, else nothing.
+        queued = b"".join(self.conn.data_to_send())
+        error: GatewayError = BAD_HANDSHAKE
+        if queued.startswith(b"HTTP/1.1 414"):
+            error = URITooLong()
+        elif queued.startswith(b"HTTP/1.1 431"):
+            error = HeadersTooLarge()
+        self.refuse(error)
+
+    def refuse(self, error: GatewayError) -> None:
+        self.handshake_initiated = True
+        self.handshake_complete = True
+        self.close_sent = True
+        if not self.transport.is_closing():
+            self.transport.write(raw_error_response(error, new_request_id()))
+            self.transport.close()
 
 
 def websocket_protocol(on_closed: Callable[[], None]) -> type[GateWebSocketProtocol]:
