@@ -314,24 +314,23 @@ class RecordingUpstream:
         Raises AssertionError, describing the connections, if that does not happen `within` seconds.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
+        started = loop.time()
+        deadline = started + within
         while True:
             now = loop.time()
             if self.keep_alive:
                 busy = any(p.busy for p in self.protocols.values() if p.record and not p.record.closed)
-                if not busy and now - self.last_activity >= IDLE_WINDOW:
+                # Watched for a whole window from now on: bytes still in flight get to arrive.
+                if not busy and now - max(self.last_activity, started) >= IDLE_WINDOW:
                     return
                 wait = IDLE_WINDOW
             else:
                 # Closed is exact for what arrived; the grace covers a connection not yet made
                 # (an answer to the client can come before the sidecar connects upstream).
-                if self.open_count() == 0 and now - self.last_activity >= grace:
+                idle = now - max(self.last_activity, started)
+                if self.open_count() == 0 and idle >= grace:
                     return
-                wait = (
-                    max(grace - (now - self.last_activity), 0.001)
-                    if self.open_count() == 0
-                    else deadline - now
-                )
+                wait = max(grace - idle, 0.001) if self.open_count() == 0 else deadline - now
             if now >= deadline:
                 raise AssertionError(f"the upstream did not settle within {within} s:\n{self.describe()}")
             self.activity.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from tests.recording_upstream import RecordingUpstream, serve_recording
 
 
@@ -90,8 +92,23 @@ async def test_reset_forgets_what_arrived_and_closes_connections_left_mid_reques
         writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\n")
         await writer.drain()
         await reader.readuntil(b"}")
-        await asyncio.sleep(0)
+        async with asyncio.timeout(5):  # until the half request has arrived too (it may come later)
+            while not upstream.connections[0].raw.endswith(b"GET /b HTTP/1.1\r\n"):
+                await asyncio.sleep(0.01)
         upstream.reset()
         assert upstream.connections == []
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the reset
+        writer.close()
+
+
+async def test_quiet_refuses_to_call_a_connection_inside_a_request_quiet() -> None:
+    async with serve_recording(keep_alive=True) as upstream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", upstream.port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        await reader.readuntil(b"}")
+        await upstream.quiet()  # a kept-alive connection between requests is quiet
+        writer.write(b"GET /b HTTP/1.1\r\n")
+        await writer.drain()
+        with pytest.raises(AssertionError, match="did not settle"):
+            await upstream.quiet(within=0.5)
         writer.close()
