@@ -669,9 +669,9 @@ e = some(where (p.eft == allow))
 [matchers]
 m = g(r.sub, p.sub) && regexMatch(r.obj, p.obj) && regexMatch(r.act, p.act)
 """
-# Generous: a linear-time engine answers in milliseconds; Python's backtracking `re` would need
-# about 2^40 steps for the path below.
-REDOS_BOUND_SECONDS = 2.0
+# Generous, so a loaded machine never trips it: a linear-time engine answers in milliseconds;
+# Python's backtracking `re` would need about 2^40 steps (hours) for the path below.
+REDOS_BOUND_SECONDS = 30.0
 
 
 def regex_policy(directory: Path, *rules: str) -> Path:
@@ -693,15 +693,12 @@ async def test_an_evil_regex_rule_cannot_make_a_request_take_unbounded_time(
     }
     sidecar = await asyncio.to_thread(start_sidecar_process, tmp_path, env)
     try:
-        async with httpx.AsyncClient(base_url=sidecar.url, timeout=REDOS_BOUND_SECONDS + 1) as client:
-            started = time.monotonic()
+        async with httpx.AsyncClient(base_url=sidecar.url, timeout=REDOS_BOUND_SECONDS) as client:
             try:
                 evil = await client.get("/" + "a" * 40 + "!")
             except httpx.TimeoutException:
-                pytest.fail(f"a single request took more than {REDOS_BOUND_SECONDS + 1} s")
-            elapsed = time.monotonic() - started
+                pytest.fail(f"a single request took more than {REDOS_BOUND_SECONDS} s")
             assert evil.status_code == 401  # anonymous and refused: asked for a token
-            assert elapsed < REDOS_BOUND_SECONDS
             # The rule still means what it says, and the sidecar is free for the next request.
             assert (await client.get("/" + "a" * 40)).status_code == 200
             assert (await client.get("/healthz")).status_code == 200

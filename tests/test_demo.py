@@ -299,9 +299,9 @@ def test_ctrl_c_and_sigterm_stop_the_demo_promptly(tmp_path: Path, signum: signa
         with httpx.Client(timeout=5) as kept_alive:  # an idle keep-alive connection must not hold it up
             assert kept_alive.get(f"{demo.public}/healthz").status_code == 200
             demo.process.send_signal(signum)
-            started = time.monotonic()
+            # Promptly: wait's 15 s is the bound (an outcome, not a measure of this machine's speed);
+            # a demo held open by the idle connection would wait out its 75 s keep-alive.
             assert demo.process.wait(timeout=15) == 0, demo.printed
-        assert time.monotonic() - started < 5
         assert "authcar demo: stopping" in demo.printed
         assert "Traceback" not in demo.printed
         assert not [port for port in ports if accepts(port)]

@@ -205,8 +205,8 @@ async def test_silence_times_out_but_a_slow_reader_does_not() -> None:
         started = time.monotonic()
         with pytest.raises(UpstreamError) as silent:
             await pool.request(b"GET", b"/silent", HOST)
-        assert silent.value.kind == "read_timeout"
-        assert time.monotonic() - started < 2
+        assert silent.value.kind == "read_timeout"  # the timer's doing: the silence lasts 10 s
+        assert time.monotonic() - started >= 0.3
 
         big = await pool.request(b"GET", b"/big", HOST)
         total = 0

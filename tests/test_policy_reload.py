@@ -407,10 +407,10 @@ async def test_watch_stops_promptly_when_cancelled(tmp_path: Path) -> None:
     watcher = asyncio.create_task(source.watch())
     await asyncio.sleep(0.3)
     watcher.cancel()
-    started = time.monotonic()
+    # Promptly: within wait_for's 5 s, where waiting out the 30 s poll would not be (a bound on the
+    # outcome, not a measurement of this machine's speed: late, wait_for raises TimeoutError).
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(watcher, 5)
-    assert time.monotonic() - started < 2
 
 
 def test_anonymous_decisions_use_the_built_in_role(tmp_path: Path) -> None:
