@@ -52,7 +52,7 @@ WELL_KNOWN_PREFIX = "/.well-known/authcar/"
 # CONNECT would turn the sidecar into a tunnel. Neither has a place in front of an application.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 # Exchange errors caused by the client, not the application: logged, but not upstream errors.
-CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large", "request_body_timeout"})
+CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large", "body_refused"})
 # HTTP/2 and later arrive over TLS ALPN or not at all; a request line claiming them is not served.
 SERVED_VERSIONS = frozenset({"1.0", "1.1"})
 

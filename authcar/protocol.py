@@ -38,7 +38,7 @@ from authcar.errors import (
 from authcar.headers import new_request_id
 from authcar.observe import Metrics
 from authcar.tls import client_certificate
-from authcar.upstream import BODY_TIMEOUT_EXTENSION
+from authcar.upstream import BODY_REFUSED_EXTENSION
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ class ClientPacing:
 
 HEAD_TIMEOUT = RequestTimeout("the request head did not arrive in time", code="request_header_timeout")
 BODY_TIMEOUT = RequestTimeout("the request body did not arrive in time", code="request_body_timeout")
+CHUNK_FRAMING_TOO_LARGE = BadRequest(
+    "chunk extensions or trailer fields are too large", code="bad_transfer_encoding"
+)
+# Chunked framing allowed per body byte overall (one-byte chunks take 5); with the gap limit, a
+# body cannot be made to last, or to fill the parser's buffers, with framing alone.
+FRAMING_PER_BODY_BYTE = 8
 
 
 class PacedFlowControl(FlowControl):
@@ -170,6 +176,7 @@ def http_protocol(
             self.head_started = False  # bytes of a head not yet complete have arrived
             self.body_pending = False  # a head is complete, its message is not
             self.body_last = 0.0  # when the body last made progress (or stopped being held back)
+            self.body_raw = self.body_decoded = self.framing_gap = 0
             self.body_deadline = 0.0  # the minimum rate's allowance, grown by each byte
             self.asked_to_continue = False  # the body timer found the client waiting for 100 Continue
             self.upgraded = False
@@ -190,10 +197,9 @@ def http_protocol(
             if self.in_head:
                 self.head_bytes += len(data)
                 self.head_started = True
-            elif self.body_pending and self.watching == "body":
-                self.body_last = self.loop.time()
-                if pacing.body_min_rate:
-                    self.body_deadline += len(data) / pacing.body_min_rate
+            elif self.body_pending:
+                self.body_raw += len(data)
+                self.framing_gap += len(data)
             try:
                 super().data_received(data)
             except HeadLimitExceeded as exc:  # when the parser lets our exception through unwrapped
@@ -207,6 +213,9 @@ def http_protocol(
                 self.limit_error = HeadersTooLarge()
                 self.send_400_response("")
                 return
+            if self.body_pending and self.framing_excessive():
+                self.refuse_body(CHUNK_FRAMING_TOO_LARGE)
+                return
             # Timers only for what is still awaited once this read is parsed: a request that arrives
             # whole in one read (the usual case on a kept-alive connection) arms none.
             if self.timer is None:
@@ -218,6 +227,23 @@ def http_protocol(
                     self.body_last = now
                     self.body_deadline = now + pacing.body_timeout
                     self.watch("body", pacing.body_timeout)
+
+        def on_body(self, body: bytes) -> None:
+            # Progress is body bytes, not bytes: chunk extensions and trailers never earn time.
+            self.body_decoded += len(body)
+            self.framing_gap = 0
+            self.body_last = self.loop.time()
+            if pacing.body_min_rate:
+                self.body_deadline += len(body) / pacing.body_min_rate
+            super().on_body(body)
+
+        def framing_excessive(self) -> bool:
+            """Chunked framing that carries no body: an endless chunk extension or trailer section
+            (which the parser would buffer), or far more framing than body overall."""
+            limit = self.head_limits.max_head_bytes
+            if self.framing_gap > limit:
+                return True
+            return self.body_raw - self.body_decoded > limit + FRAMING_PER_BODY_BYTE * self.body_decoded
 
         def watch(self, what: str, delay: float) -> None:
             self.watching = what
@@ -276,11 +302,16 @@ def http_protocol(
             if now < due:
                 self.watch("body", due - now)
                 return
-            self.watching = ""
             self.count_timeout("body")
-            # The application's receive() now reports a disconnect: an upstream exchange that had
-            # started is aborted, never pooled, and nothing more is answered on this connection.
-            cycle.scope["extensions"][BODY_TIMEOUT_EXTENSION] = True
+            self.refuse_body(BODY_TIMEOUT)
+
+        def refuse_body(self, error: GatewayError) -> None:
+            """End a request whose body broke a rule: answer `error` unless an answer has started,
+            and close. The application's receive() reports a disconnect, so an upstream exchange
+            under way is aborted (never pooled); the extension tells it why."""
+            self.stop_watching()
+            cycle = self.cycle
+            cycle.scope["extensions"][BODY_REFUSED_EXTENSION] = error
             cycle.disconnected = True
             cycle.message_event.set()
             if cycle.response_complete:
@@ -288,7 +319,7 @@ def http_protocol(
             elif cycle.response_started:
                 self.transport.abort()  # a cut-short response must not look complete
             else:
-                self.transport.write(raw_error_response(BODY_TIMEOUT, new_request_id()))
+                self.transport.write(raw_error_response(error, new_request_id()))
                 self.transport.close()
 
         def reading_held(self, seconds: float) -> None:
@@ -353,6 +384,9 @@ def http_protocol(
             self.in_head = False
             self.head_started = False
             self.body_pending = True  # until on_message_complete, at once for a body-less request
+            self.body_raw = 0  # bytes read since, framing included
+            self.body_decoded = 0
+            self.framing_gap = 0  # bytes read since the last body byte
             self.head_bytes = 0
             self.header_count = 0
             self.header_size = 0

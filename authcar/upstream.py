@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, RequestTimeout
+from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
     DEFAULT_MAX_HEADER_BYTES,
@@ -41,9 +41,9 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 NO_BODY_STATUS = frozenset({204, 304})
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
-# Set in a request's extensions by the protocol when its body came too slowly (the disconnect the
-# application then receives is the sidecar's doing, answered 408, not the client leaving).
-BODY_TIMEOUT_EXTENSION = "authcar.request_body_timeout"
+# The GatewayError the protocol answered when it ended a request during its body (too slow, or
+# chunk framing without end): the disconnect the application then receives is the sidecar's doing.
+BODY_REFUSED_EXTENSION = "authcar.request_body_refused"
 
 
 class ClientGone(Exception):
@@ -72,7 +72,7 @@ class RequestBody:
         self.received = 0
         self.too_large = False
         self.client_gone = False
-        self.timed_out = False  # the protocol's body timeout ended it (408 already answered)
+        self.refused: GatewayError | None = None  # the protocol ended the body (and answered this)
         self.complete = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -80,7 +80,7 @@ class RequestBody:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 self.client_gone = True
-                self.timed_out = bool(self.extensions and self.extensions.get(BODY_TIMEOUT_EXTENSION))
+                self.refused = self.extensions.get(BODY_REFUSED_EXTENSION) if self.extensions else None
                 raise ClientGone
             chunk = message.get("body", b"")
             if chunk:
@@ -246,9 +246,9 @@ class Upstream:
         if body is not None and body.too_large:
             exchange.error = "body_too_large"
             return PayloadTooLarge()
-        if body is not None and body.timed_out:
-            exchange.error = "request_body_timeout"
-            return RequestTimeout("the request body did not arrive in time", code="request_body_timeout")
+        if body is not None and body.refused is not None:
+            exchange.error = "body_refused"
+            return body.refused
         if body is not None and body.client_gone:
             exchange.error = "client_gone"
             exchange.client_gone = True

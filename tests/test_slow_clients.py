@@ -280,6 +280,58 @@ async def test_back_pressure_from_a_stalled_upstream_does_not_count_against_the_
     assert response.json()["bytes"] == size
 
 
+@pytest.mark.parametrize(
+    ("framing", "trickled"),
+    [
+        (b"1;ext=", b"e" * 1_000_000),
+        (b"0\r\nX-Trailer: ", b"t" * 1_000_000),
+        (b"", (b"1;" + b"e" * 900 + b"\r\nx\r\n") * 1000),  # each gap small, but 900 bytes per byte
+    ],
+    ids=["endless-chunk-extension", "endless-trailer", "extensions-between-bytes"],
+)
+async def test_chunk_framing_without_body_is_refused(
+    upstream: RunningUpstream, framing: bytes, trickled: bytes
+) -> None:
+    # Framing the parser would read (and, for a trailer, buffer) for ever, carrying no body: refused
+    # once more of it has come than a request head may hold (1024 bytes here), or far more than body.
+    async with (
+        start_sidecar(upstream.url, max_header_bytes=1024, request_body_timeout=30) as sidecar,
+        connect(sidecar.port) as client,
+    ):
+        head = request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")], close=False)
+        await client.send(head + b"5\r\nhello\r\n" + framing)
+        client.trickle(trickled, every=0.01, size=500)
+        response = parse_response(await client.until_closed())
+        assert response.status == 400
+        assert response.json()["error"] == "bad_transfer_encoding"
+        assert upstream.seen == []
+        await assert_serves(sidecar, upstream)
+
+
+async def test_a_trickled_chunk_extension_earns_no_time(upstream: RunningUpstream) -> None:
+    async with (
+        start_sidecar(upstream.url, request_body_timeout=BODY_TIMEOUT, request_body_min_rate=1) as sidecar,
+        connect(sidecar.port) as client,
+    ):
+        await client.send(request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")], close=False))
+        # Bytes keep coming, faster than the minimum rate, but none of them is body.
+        client.trickle(b"5;" + b"e" * 20000, every=0.02, size=10)
+        response = parse_response(await client.until_closed())
+    assert_timeout(response, "request_body_timeout")
+    assert upstream.seen == []
+
+
+async def test_a_body_in_one_byte_chunks_is_forwarded(sidecar: RunningSidecar) -> None:
+    body = b"".join(b"1\r\n%c\r\n" % (65 + i % 26) for i in range(3000)) + b"0\r\n\r\n"
+    async with connect(sidecar.port) as client:
+        await client.send(
+            request_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")], body, close=False)
+        )
+        response = await client.response()
+    assert response.status == 200
+    assert response.json()["body_bytes"] == 3000
+
+
 # -- the upstream pool -----------------------------------------------------------------------------
 
 
