@@ -34,8 +34,9 @@ from authcar.errors import (
     Unauthorized,
     send_error,
 )
-from authcar.headers import Framed, request_id_from
+from authcar.headers import TARGET_AUTHORITY_EXTENSION, Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
+from authcar.loglimit import LogLimiter
 from authcar.observe import AccessEntry
 from authcar.paths import PublicPaths, normalise_path
 from authcar.policy import authorize
@@ -79,6 +80,7 @@ class Gate:
         self.dry_run = self.settings.dry_run
         self.dry_run_paths = PublicPaths.from_entries(self.settings.dry_run_paths) or None
         self.forward_client_cert = self.settings.tls_forward_client_cert
+        self.quiet = LogLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -163,8 +165,14 @@ class Gate:
                 scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )
         except Exception:
-            # A bug, not a verdict: never let it through as a 500 with a traceback.
-            log.exception("unhandled error in the gate", extra={"request_id": request_id})
+            # A bug, not a verdict: never let it through as a 500 with a traceback. One request
+            # that trips it is logged in full; a flood of them logs a trickle with the count.
+            left_out = self.quiet("unhandled")
+            if left_out is not None:
+                log.exception(
+                    "unhandled error in the gate",
+                    extra={"request_id": request_id, "suppressed": left_out},
+                )
             exchange.status = 502
             decision = "error"
             error = BadGateway("the sidecar failed to handle the request", code="internal_error")
@@ -211,6 +219,10 @@ class Gate:
         )
         if not framed.host and version == "1.1":
             raise BadRequest("an HTTP/1.1 request needs a Host header", code="missing_host")
+        authority = scope["extensions"].get(TARGET_AUTHORITY_EXTENSION) if "extensions" in scope else None
+        if authority is not None and authority.lower() != framed.host.encode("ascii").lower():
+            # The target's authority is the request's host (RFC 9112 §3.2.2): two hosts, one request.
+            raise BadRequest("the request target names another host than Host", code="bad_host")
         if framed.chunked and version == "1.0":
             # RFC 9112 §6.1: HTTP/1.0 has no chunked coding; such framing is faulty whatever follows.
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request", code="bad_transfer_encoding")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -35,7 +36,7 @@ from authcar.errors import (
     URITooLong,
     raw_error_response,
 )
-from authcar.headers import new_request_id
+from authcar.headers import TARGET_AUTHORITY_EXTENSION, new_request_id
 from authcar.observe import Metrics
 from authcar.tls import client_certificate
 from authcar.upstream import BODY_REFUSED_EXTENSION
@@ -105,6 +106,18 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
         "client_cert_name": certificate.subject if certificate else None,
         "client_certificate": certificate,
     }
+
+
+def target_authority(url: bytes) -> bytes:
+    """The `host[:port]` of an absolute-form target; b"" when it has none or carries userinfo."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return b""
+    if parsed.userinfo or not parsed.host:
+        return b""
+    host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+    return host + b":%d" % parsed.port if parsed.port is not None else host
 
 
 class CorkedTransport:
@@ -390,6 +403,10 @@ def http_protocol(
             self.head_bytes = 0
             self.header_count = 0
             self.header_size = 0
+            if self.url[:1] not in (b"/", b"*"):
+                # Absolute form: RFC 9112 §3.2.2 makes its authority the request's host, whatever
+                # Host says. The gate compares the two (uvicorn keeps only the path).
+                self.scope["extensions"][TARGET_AUTHORITY_EXTENSION] = target_authority(self.url)
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None and cycle.scope is self.scope:

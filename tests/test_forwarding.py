@@ -726,12 +726,27 @@ async def test_asterisk_form_target_is_refused(sidecar: RunningSidecar, upstream
 async def test_absolute_form_target_is_forwarded_as_its_path(
     sidecar: RunningSidecar, upstream: RunningUpstream
 ) -> None:
-    request = b"GET http://evil.example/p?x=1 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
+    request = b"GET http://App.Example/p?x=1 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
     response = await send_raw(sidecar.port, request)
     assert response.status == 200
     (seen,) = upstream.seen
     assert seen.raw_path == "/p?x=1"
     assert seen.all("host") == ["app.example"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"http://evil.example/p", b"http://app.example:8080/p", b"http://user@app.example/p", b"http://[::1]/p"],
+)
+async def test_absolute_form_naming_another_host_is_refused(
+    sidecar: RunningSidecar, upstream: RunningUpstream, target: bytes
+) -> None:
+    """RFC 9112 3.2.2: the target's authority is the host; two different hosts are one too many."""
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
+    response = await send_raw(sidecar.port, request)
+    assert response.status == 400
+    assert response.json()["error"] == "bad_host"
+    assert upstream.seen == []
 
 
 async def test_two_host_headers_are_refused(sidecar: RunningSidecar, upstream: RunningUpstream) -> None:
@@ -1020,3 +1035,23 @@ async def test_a_deliberate_mid_stream_abort_is_not_logged_as_an_error(
             await client.get("/reset")
         assert (await client.get("/after-reset")).status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "ASGI callable" in r.getMessage()]
+
+
+async def test_a_bug_in_the_gate_is_a_502_and_a_flood_of_them_logs_one_traceback(
+    sidecar: RunningSidecar, upstream: RunningUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stands in for a bug after the policy allowed: the answer is a JSON 502, nothing is forwarded."""
+
+    def broken(*_: object) -> list[tuple[bytes, bytes]]:
+        raise RuntimeError("a bug")
+
+    sidecar.service.sidecar.identity_headers.headers_for = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="authcar.gate"):
+        answers = [await send_raw(sidecar.port, request_bytes("GET", f"/bug/{n}", [])) for n in range(5)]
+    assert [a.status for a in answers] == [502] * 5
+    assert {a.json()["error"] for a in answers} == {"internal_error"}
+    assert all("a bug" not in a.body.decode() for a in answers)
+    assert upstream.seen == []
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error in the gate"]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
