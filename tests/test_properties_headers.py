@@ -153,19 +153,49 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         yield running
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(headers=header_lists(), body=bodies(), method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pooled_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    log_dir: Path = tmp_path_factory.mktemp("properties-headers-pooled")
+    async with running_stack(log_dir, keep_alive=True) as running:
+        yield running
+
+
+REQUESTS = {
+    "headers": header_lists(),
+    "body": bodies(),
+    "method": st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+}
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(**REQUESTS)
 async def test_one_request_framed_by_the_sidecar_without_client_identity(
     stack: Stack, headers: list[tuple[str, str]], body: Body, method: str
 ) -> None:
+    await check_one_request(stack, headers, body, method)
+
+
+@SETTINGS
+@given(**REQUESTS)
+async def test_the_same_on_reused_upstream_connections(
+    pooled_stack: Stack, headers: list[tuple[str, str]], body: Body, method: str
+) -> None:
+    """With a keep-alive upstream, every example after the first rides a pooled connection."""
+    await check_one_request(pooled_stack, headers, body, method)
+
+
+async def check_one_request(stack: Stack, headers: list[tuple[str, str]], body: Body, method: str) -> None:
     stack.upstream.reset()
     token = stack.tokens.build("valid")
     result = await exchange(stack.port, request_bytes(token, headers, body, method))
     await stack.upstream.quiet(grace=CONNECT_GRACE)
     upstream = stack.upstream
     assert result.statuses() == [200], (result.raw[:500], upstream.describe())
+    echo = result.answers[0].json()  # the application's answer to this very request, not another's
+    assert (echo["method"], echo["target"], echo["body_length"]) == (method, "/api/property", len(body.data))
     assert upstream.problems() == [], upstream.describe()
-    assert len(upstream.connections) == 1, upstream.describe()
+    assert sum(bool(c.raw) for c in upstream.connections) == 1, upstream.describe()
     [received] = upstream.requests()
     assert invariant_problems(received) == [], upstream.describe()
     assert (received.method, received.target) == (method, b"/api/property")
