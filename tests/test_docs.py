@@ -31,3 +31,17 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
         line.strip() for line in ci.splitlines() if "dev.py" in line and not line.lstrip().startswith("#")
     ]
     assert commands == ["exec python3 dev.py test"]
+
+
+def test_every_test_the_security_model_names_exists() -> None:
+    """docs/security.md proves each defence by naming its test; a renamed or deleted test fails here."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", text)
+    assert len(named) >= 20, "docs/security.md should name the tests behind its defences"
+    for path, name in named:
+        source = ROOT / path
+        assert source.is_file(), f"docs/security.md names {path}, which does not exist"
+        if name:
+            assert re.search(rf"^(?:async )?def {name}\(", source.read_text(), re.MULTILINE), (
+                f"docs/security.md names {path}::{name}, which does not exist"
+            )
