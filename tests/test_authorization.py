@@ -175,14 +175,15 @@ def book(shared_book: Guarded) -> Guarded:
 STATUS_OF = {"policy_denied": 403, "no_credentials": 401, "expired": 401}
 
 
-def assert_refused(response: RawResponse, guarded: Guarded, *codes: str) -> None:
-    """Refused with one of `codes` (default policy_denied) and its status, and nothing reached the app."""
+async def assert_refused(response: RawResponse, guarded: Guarded, *codes: str) -> None:
+    """Refused with one of `codes` (default policy_denied) and its status, and nothing reached the app
+    (not even later: a public /healthz marker sent afterwards arrives with nothing before it)."""
     expected = {(STATUS_OF.get(code, 400), code) for code in codes or ("policy_denied",)}
     body = response.json()
     assert set(body) == {"error", "error_description", "request_id"}
     assert (response.status, body["error"]) in expected, (response.status, body)
     assert body["request_id"] == response.header("x-request-id")
-    assert guarded.upstream.seen == []
+    assert await guarded.upstream.seen_before_marker(guarded.sidecar.port, "/healthz") == []
 
 
 async def assert_forwarded(guarded: Guarded, response: RawResponse, method: str, raw_path: str) -> None:
@@ -206,7 +207,7 @@ async def test_a_reader_lists_books(book: Guarded) -> None:
 
 async def test_a_reader_cannot_create_a_book(book: Guarded) -> None:
     response = await book.send("POST", "/books", as_user="alice", body=b'{"title": "Dune"}')
-    assert_refused(response, book)
+    await assert_refused(response, book)
     # The client learns that it was refused, not which rule or why.
     assert response.json()["error_description"] == "the policy does not allow this request"
     assert response.header("www-authenticate") is None
@@ -220,7 +221,7 @@ async def test_an_editor_creates_a_book(book: Guarded) -> None:
 
 
 async def test_an_editor_cannot_delete_a_book(book: Guarded) -> None:
-    assert_refused(await book.send("DELETE", "/books/1", as_user="bob"), book)
+    await assert_refused(await book.send("DELETE", "/books/1", as_user="bob"), book)
 
 
 async def test_an_admin_deletes_a_book(book: Guarded) -> None:
@@ -237,7 +238,9 @@ async def test_a_reader_writes_their_own_review(book: Guarded) -> None:
 
 async def test_nobody_writes_someone_elses_review(book: Guarded) -> None:
     # bob is an editor and so a reader, but the owner column names alice's review, not his.
-    assert_refused(await book.send("PUT", "/books/1/reviews/alice", as_user="bob", body=b"1 star"), book)
+    await assert_refused(
+        await book.send("PUT", "/books/1/reviews/alice", as_user="bob", body=b"1 star"), book
+    )
 
 
 async def test_the_owner_check_compares_the_path_the_application_receives(book: Guarded) -> None:
@@ -256,7 +259,7 @@ async def test_the_owner_check_compares_the_path_the_application_receives(book: 
     ],
 )
 async def test_an_owner_rule_holds_only_for_the_owners_exact_segment(book: Guarded, target: str) -> None:
-    assert_refused(await book.send("PUT", target, as_user="alice", body=b"5 stars"), book)
+    await assert_refused(await book.send("PUT", target, as_user="alice", body=b"5 stars"), book)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +284,7 @@ async def test_a_rule_holds_for_its_whole_path_and_method_only(
 ) -> None:
     response = await book.send(method, target, as_user="alice")
     # A method the HTTP parser does not know is a malformed request; a known one is judged and denied.
-    assert_refused(response, book, "policy_denied", "malformed_request")
+    await assert_refused(response, book, "policy_denied", "malformed_request")
 
 
 # --- getting past the /audit boundary (bob may read books, only admins the audit log) ---------
@@ -340,7 +343,7 @@ BYPASSES = [
 async def test_no_spelling_of_a_path_gets_past_the_policy(
     book: Guarded, target: str, codes: set[str]
 ) -> None:
-    assert_refused(await book.send("GET", target, as_user="bob"), book, *codes)
+    await assert_refused(await book.send("GET", target, as_user="bob"), book, *codes)
 
 
 @pytest.mark.parametrize(
@@ -365,7 +368,7 @@ async def test_an_allowed_spelling_is_forwarded_as_the_path_the_policy_saw(
 
 async def test_an_allowed_path_with_a_trailing_slash_is_another_path(book: Guarded) -> None:
     # Fail safe: `/audit/` is not `/audit`, so a rule for one never lets the other through.
-    assert_refused(await book.send("GET", "/audit/", as_user="carol"), book)
+    await assert_refused(await book.send("GET", "/audit/", as_user="carol"), book)
 
 
 # --- override headers -----------------------------------------------------------------------
@@ -381,7 +384,7 @@ def override_names_seen(guarded: Guarded) -> set[str]:
 
 async def test_a_path_override_header_cannot_make_a_refused_path_allowed(book: Guarded) -> None:
     overrides = [(name, "/books") for name in PATH_OVERRIDES]
-    assert_refused(await book.send("GET", "/audit", as_user="bob", headers=overrides), book)
+    await assert_refused(await book.send("GET", "/audit", as_user="bob", headers=overrides), book)
 
 
 async def test_a_path_override_header_is_not_what_the_application_routes_on(book: Guarded) -> None:
@@ -395,7 +398,9 @@ async def test_a_path_override_header_is_not_what_the_application_routes_on(book
 
 async def test_a_method_override_header_cannot_make_a_refused_method_allowed(book: Guarded) -> None:
     overrides = [(name, "GET") for name in METHOD_OVERRIDES]
-    assert_refused(await book.send("POST", "/books", as_user="alice", headers=overrides, body=b"{}"), book)
+    await assert_refused(
+        await book.send("POST", "/books", as_user="alice", headers=overrides, body=b"{}"), book
+    )
 
 
 async def test_a_method_override_header_is_not_what_the_application_runs(book: Guarded) -> None:
@@ -448,7 +453,7 @@ async def test_anything_but_the_public_path_asks_an_anonymous_caller_for_a_token
     book: Guarded, method: str, target: str, status: int, code: str
 ) -> None:
     response = await book.send(method, target)
-    assert_refused(response, book, code)
+    await assert_refused(response, book, code)
     assert response.status == status
     if status == 401:
         assert response.header("www-authenticate") == 'Bearer realm="authcar"'
@@ -466,7 +471,7 @@ async def test_anything_but_the_public_path_asks_an_anonymous_caller_for_a_token
 )
 async def test_a_subject_spelled_like_a_role_is_refused(book: Guarded, subject: str, target: str) -> None:
     # In Casbin g(a, a) holds: such a subject would match the role's rules directly.
-    assert_refused(await book.send("GET", target, token=book.token(subject, roles=())), book)
+    await assert_refused(await book.send("GET", target, token=book.token(subject, roles=())), book)
     line = await book.last_log_line()
     assert (line["decision"], line["subject"], line["reason"]) == ("deny", subject, "subject_looks_like_role")
 
@@ -482,7 +487,7 @@ async def test_a_subject_spelled_like_a_role_is_refused(book: Guarded, subject: 
 async def test_names_that_look_like_roles_grant_nothing(
     book: Guarded, subject: str, roles: tuple[str, ...], target: str
 ) -> None:
-    assert_refused(await book.send("GET", target, token=book.token(subject, roles=roles)), book)
+    await assert_refused(await book.send("GET", target, token=book.token(subject, roles=roles)), book)
     assert (await book.last_log_line())["reason"] == "no_matching_rule"
 
 
@@ -509,9 +514,9 @@ async def test_dry_run_lets_a_denied_request_through_and_logs_why(
 
         # Authentication is never dry run.
         upstream.seen.clear()
-        assert_refused(await dry.send("GET", "/books"), dry, "no_credentials")
+        await assert_refused(await dry.send("GET", "/books"), dry, "no_credentials")
         expired = idp.mint(sub="alice", roles=("reader",), expires_in=-3600)
-        assert_refused(await dry.send("GET", "/books", token=expired), dry, "expired")
+        await assert_refused(await dry.send("GET", "/books", token=expired), dry, "expired")
 
 
 async def test_dry_run_paths_shadow_only_their_paths(upstream: RunningUpstream, idp: IdP) -> None:
@@ -522,8 +527,8 @@ async def test_dry_run_paths_shadow_only_their_paths(upstream: RunningUpstream, 
 
         upstream.seen.clear()
         # /books itself is not below /books/: enforced, as is everything else.
-        assert_refused(await dry.send("POST", "/books", as_user="alice", body=b"{}"), dry)
-        assert_refused(await dry.send("GET", "/audit", as_user="alice"), dry)
+        await assert_refused(await dry.send("POST", "/books", as_user="alice", body=b"{}"), dry)
+        await assert_refused(await dry.send("GET", "/audit", as_user="alice"), dry)
         assert [line["decision"] for line in await dry.log_lines()] == ["dry_run_allow", "deny", "deny"]
 
 
@@ -583,11 +588,11 @@ async def test_a_deny_rule_beats_every_allow_and_is_logged_as_the_rule_that_refu
         (BOOK_POLICY / "policy.csv").read_text() + "p, " + ", ".join(frozen) + "\n"
     )
     async with book_sidecar(upstream, idp, policy_dir=policy) as guarded:
-        assert_refused(await guarded.send("PUT", "/books/1984", as_user="bob", body=b"{}"), guarded)
+        await assert_refused(await guarded.send("PUT", "/books/1984", as_user="bob", body=b"{}"), guarded)
         line = await guarded.last_log_line()
         assert (line["decision"], line["reason"], line["rule"]) == ("deny", "denied_by_rule", frozen)
         # Admins inherit the editors' rules, the deny among them.
-        assert_refused(await guarded.send("DELETE", "/books/1984", as_user="carol"), guarded)
+        await assert_refused(await guarded.send("DELETE", "/books/1984", as_user="carol"), guarded)
         assert (await guarded.last_log_line())["rule"] == frozen
         # Every spelling of the frozen book is the frozen book, or refused outright.
         for target, code, reason in [
@@ -601,7 +606,7 @@ async def test_a_deny_rule_beats_every_allow_and_is_logged_as_the_rule_that_refu
             ("/books/1984/.", "dot_segment", ""),
             ("/books/x/../1984", "dot_segment", ""),
         ]:
-            assert_refused(await guarded.send("PUT", target, as_user="bob", body=b"{}"), guarded, code)
+            await assert_refused(await guarded.send("PUT", target, as_user="bob", body=b"{}"), guarded, code)
             assert (await guarded.last_log_line()).get("reason", "") == reason, target
         # Other books are untouched.
         response = await guarded.send("PUT", "/books/1985", as_user="bob", body=b"{}")

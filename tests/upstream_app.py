@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.rawhttp import request_bytes, send_raw
 
 WAIT_BOUND = 20.0  # seconds: a generous bound for what a correct sidecar does in milliseconds
 
@@ -50,6 +53,22 @@ class RunningUpstream:
 
     def paths(self) -> list[str]:
         return [s.raw_path for s in self.seen]
+
+    async def seen_before_marker(self, sidecar_port: int, path: str = "/__marker") -> list[Seen]:
+        """Everything that reached the upstream, once a marker request sent now has arrived.
+
+        For "nothing reached the application" without guessing how long to wait: whatever the
+        sidecar forwarded for requests answered before is written upstream before the marker, which
+        goes on a new connection through the same sidecar (to `path`, which it must let through
+        anonymously). The marker is taken out of `seen` again, so later assertions are unchanged.
+        """
+        marker = f"{path}?marker={uuid.uuid4().hex}"
+        answer = await send_raw(sidecar_port, request_bytes("GET", marker))
+        assert answer.status == 200, f"the marker was not forwarded: {answer.status} {answer.body[:300]!r}"
+        # Recorded before the upstream answered, so it is there now.
+        (arrived,) = [seen for seen in self.seen if seen.raw_path == marker]
+        self.seen.remove(arrived)
+        return list(self.seen)
 
     async def until_seen(self, count: int, within: float = WAIT_BOUND) -> list[Seen]:
         """The requests received, once there are `count` (AssertionError after `within` seconds)."""
