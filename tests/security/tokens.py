@@ -107,6 +107,14 @@ class Omit:
 OMIT: Any = Omit()  # a claim or header parameter left out
 
 
+def raw_header_token(tokens: Tokens, header_json: str) -> str:
+    """A header written as raw JSON text (escapes, duplicate keys), over a signature of the real key."""
+    header = b64url(header_json.encode())
+    payload = b64url(json.dumps(tokens.claims()).encode())
+    signature = tokens.published["RS256"].sign(f"{header}.{payload}".encode())
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
 def deep_header(tokens: Tokens) -> str:
     header = b'{"alg":"RS256","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
     payload = json.dumps(tokens.claims()).encode()
@@ -150,6 +158,9 @@ BUILDERS: Mapping[str, Callable[[Tokens], str]] = {
     "alg_None_with_signature": lambda t: t.unsigned("None", signature=b"\x01" * 256),
     "alg_NONE_with_signature": lambda t: t.unsigned("NONE", signature=b"\x01" * 256),
     "alg_nOnE_with_signature": lambda t: t.unsigned("nOnE", signature=b"\x01" * 256),
+    "alg_none_unicode_escape": lambda t: raw_header_token(t, '{"alg":"\\u006eone","typ":"JWT"}'),
+    "alg_duplicate_key_none_last": lambda t: raw_header_token(t, '{"alg":"RS256","alg":"none","typ":"JWT"}'),
+    "alg_trailing_space": lambda t: t.signed(header={"alg": "RS256 "}),
     "alg_empty": lambda t: t.unsigned("", signature=b"\x01"),
     "alg_null": lambda t: t.unsigned(None, signature=b"\x01"),
     "alg_list": lambda t: t.unsigned(["RS256"], signature=b"\x01"),
