@@ -216,6 +216,9 @@ class Settings:
         "bytes/s a request body must average once AUTHCAR_REQUEST_BODY_TIMEOUT has passed (each"
         " received byte adds 1/rate s to its allowance, as in mod_reqtimeout); 0 = no minimum",
     )
+    response_send_timeout: float = setting(
+        60.0, "longest time a client may leave its response unread (nothing it is sent is taken); then closed"
+    )
     request_buffer_bytes: int = setting(
         65536, "request bodies up to this size are read whole before an upstream connection is taken"
     )
@@ -579,6 +582,7 @@ def validate(s: Settings) -> list[str]:
         "keepalive_timeout",
         "request_header_timeout",
         "request_body_timeout",
+        "response_send_timeout",
         "max_connections",
     )
     for name in positive:

@@ -376,7 +376,7 @@ class Metrics:
         )
         self.client_timeouts = Counter(
             "authcar_client_timeouts",
-            "Client connections closed for slowness: head_silent (nothing sent), head, body",
+            "Client connections closed for slowness: head_silent (nothing sent), head, body, send (unread)",
             ["phase"],
             registry=r,
         )

@@ -12,7 +12,11 @@
   body may not stay silent longer than the body timeout, nor average less than the minimum rate once
   that time has passed. Time the sidecar itself holds the body back (flow control, a pipelined
   request waiting its turn, an unanswered `Expect: 100-continue`) does not count against the client.
-  One timer per connection watches whichever of the two is awaited, armed only while it is.
+  One timer per connection watches whichever of the two is awaited, armed only while it is. A body's
+  progress is body bytes: chunk extensions and trailers earn no time, and framing without body is
+  refused past the head size (the parser would buffer a trailer without limit).
+- A client that leaves its response unread (the write buffer stays full) for the send timeout is
+  cut off, so a slow reader cannot hold the response's upstream connection either.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class ClientPacing:
     header_timeout: float
     body_timeout: float
     body_min_rate: int  # bytes/s; 0: no minimum
+    send_timeout: float = 60.0  # a response left unread this long (write buffer full): closed
 
 
 HEAD_TIMEOUT = RequestTimeout("the request head did not arrive in time", code="request_header_timeout")
@@ -193,6 +198,7 @@ def http_protocol(
             self.body_deadline = 0.0  # the minimum rate's allowance, grown by each byte
             self.asked_to_continue = False  # the body timer found the client waiting for 100 Continue
             self.upgraded = False
+            self.send_timer: asyncio.TimerHandle | None = None
             # The new connection's head is due from now: a connection that sends nothing is closed too.
             self.watching = "head"
             self.timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -200,7 +206,7 @@ def http_protocol(
             )
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.stop_watching()
+            self.stop_all_timers()
             super().connection_lost(exc)
             if on_closed is not None:
                 on_closed()
@@ -345,10 +351,40 @@ def http_protocol(
             if metrics is not None:
                 metrics.client_timeouts.labels(phase=phase).inc()
 
+        def pause_writing(self) -> None:
+            # The client is not reading what it is sent: a slow read would hold the response, and
+            # the upstream connection behind it, for as long as the client likes.
+            super().pause_writing()
+            if self.send_timer is None:
+                self.send_timer = self.loop.call_later(pacing.send_timeout, self.send_overdue)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self.stop_send_timer()
+
+        def stop_send_timer(self) -> None:
+            if self.send_timer is not None:
+                self.send_timer.cancel()
+                self.send_timer = None
+
+        def stop_all_timers(self) -> None:
+            self.stop_watching()
+            self.stop_send_timer()
+
+        def send_overdue(self) -> None:
+            self.send_timer = None
+            if self.transport.is_closing() or not self.flow.write_paused:
+                return
+            self.count_timeout("send")
+            if self.cycle is not None:
+                self.cycle.disconnected = True  # the application's receive() reports a disconnect
+                self.cycle.message_event.set()
+            self.transport.abort()
+
         def handle_websocket_upgrade(self) -> None:
             # From here the WebSocket protocol owns the connection (and reports its end).
             self.upgraded = True
-            self.stop_watching()
+            self.stop_all_timers()
             super().handle_websocket_upgrade()
 
         def on_response_complete(self) -> None:

@@ -142,7 +142,10 @@ def uvicorn_config(
         http=http_protocol(
             HeadLimits(settings.max_header_bytes, settings.max_header_count),
             ClientPacing(
-                settings.request_header_timeout, settings.request_body_timeout, settings.request_body_min_rate
+                settings.request_header_timeout,
+                settings.request_body_timeout,
+                settings.request_body_min_rate,
+                settings.response_send_timeout,
             ),
             metrics,
             on_closed,

@@ -388,6 +388,28 @@ async def test_bodies_around_the_buffer_size_arrive_intact(
     assert response.json()["chunked"] is chunked
 
 
+# -- reading the response -------------------------------------------------------------------------
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_frees_its_upstream_connection(
+    upstream: RunningUpstream,
+) -> None:
+    async with start_sidecar(
+        upstream.url, response_send_timeout=0.5, upstream_max_connections=1, upstream_connect_timeout=30
+    ) as sidecar:
+        async with connect(sidecar.port) as reader_that_stops:
+            # Far more than the socket buffers between the two hold; never read.
+            await reader_that_stops.send(request_bytes("GET", f"/download?size={200 * 1024 * 1024}"))
+            head = await asyncio.wait_for(reader_that_stops.reader.readuntil(b"\r\n\r\n"), WAIT)
+            assert head.startswith(b"HTTP/1.1 200")  # and from here on, nothing more is read
+            # The next request waits for the pool's only connection, which the stalled download holds
+            # until the send timeout drops both: then it is served.
+            await assert_serves(sidecar, upstream)
+            assert await metric(sidecar.admin_url, 'authcar_client_timeouts_total{phase="send"}') == 1
+        assert upstream.paths()[0].startswith("/download")
+        assert upstream.seen[1].peer_port != upstream.seen[0].peer_port
+
+
 # -- connections per worker ------------------------------------------------------------------------
 
 
