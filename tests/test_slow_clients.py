@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
@@ -448,6 +449,26 @@ async def test_past_the_connection_limit_new_connections_wait_until_one_closes(
         assert await metric(process.admin_url, "authcar_connection_limit_reached_total") >= 1
     finally:
         process.stop()
+
+
+async def test_a_websocket_holds_a_connection_and_gives_it_back_when_closed(
+    upstream: RunningUpstream,
+) -> None:
+    async with (
+        start_sidecar(upstream.url, max_connections=2, request_header_timeout=60) as sidecar,
+        aiohttp.ClientSession() as session,
+        connect(sidecar.port) as parked,
+    ):
+        await parked.send(b"GET /parked HTTP/1.1\r\nHost: a\r\n")
+        ws = await session.ws_connect(f"ws://127.0.0.1:{sidecar.port}/ws")
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=WAIT)).data == "echo:hi"
+        async with connect(sidecar.port) as waiting:
+            await waiting.send(request_bytes("GET", "/waiting", close=False))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(waiting.reader.read(1), 1.0)
+            await ws.close()  # the upgraded connection's end frees its place too
+            assert (await waiting.response()).status == 200
 
 
 # -- over TLS --------------------------------------------------------------------------------------
