@@ -170,3 +170,31 @@ async def test_bytes_after_the_declared_length_never_answer_another_request(faul
     assert first.body == b"ok"
     assert first.header("x-smuggled") is None
     await recovered(faulty)
+
+
+WEBSOCKET_HEADERS = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "code"),
+    [
+        ("refuse", 502, "upstream_unavailable"),
+        ("close_before_answer", 502, "upstream_reset"),
+        ("malformed_status", 502, "upstream_protocol_error"),
+        ("hang", 504, "upstream_timeout"),
+    ],
+)
+async def test_a_websocket_handshake_to_a_broken_application_gets_the_documented_error(
+    faulty: Stack, behaviour: Behaviour, status: int, code: str
+) -> None:
+    faulty.upstream.behave(behaviour)
+    answer = await send(
+        faulty.sidecar.port, "GET", "/ws", token=faulty.caller.token, headers=WEBSOCKET_HEADERS, wait=30
+    )
+    assert_error(answer, status, code, faulty.caller)
+    await recovered(faulty)
