@@ -333,9 +333,11 @@ async def test_a_second_response_to_one_request_closes_the_connection() -> None:
 @pytest.mark.parametrize(("pieces", "declared"), [([b"abc", b"def"], 4), ([b"ab"], 3)])
 async def test_a_body_unlike_its_content_length_is_never_sent_on(pieces: list[bytes], declared: int) -> None:
     received: list[bytes] = []
+    read_to_close = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         received.append(await reader.read())  # everything until the pool closes the connection
+        read_to_close.set()
 
     async def body() -> AsyncIterator[bytes]:
         for piece in pieces:
@@ -345,7 +347,7 @@ async def test_a_body_unlike_its_content_length_is_never_sent_on(pieces: list[by
         pool = pool_for(port)
         with pytest.raises(BodyLengthMismatch):
             await pool.request(b"POST", b"/x", HOST, body(), content_length=declared)
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(read_to_close.wait(), 20)  # a generous bound
         sent = b"".join(received)
         assert sent.count(b"content-length: %d" % declared) == 1
         assert len(sent.partition(b"\r\n\r\n")[2]) <= declared  # never a byte past the length

@@ -160,9 +160,9 @@ async def test_a_client_leaving_mid_upload_is_not_an_upstream_error(upstream: Ru
         _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await upstream.until_seen(1)  # the upload is under way
         writer.close()  # gone, 95 kB short
-        for _ in range(50):
+        for _ in range(400):  # a generous bound: it is counted within milliseconds
             text = (await client.get(sidecar.admin_url + "/metrics")).text
             if 'status="499"' in text:
                 break

@@ -30,7 +30,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield http
 
 
-async def eventually(condition: Callable[[], object], wait: float = 3.0) -> None:
+async def eventually(condition: Callable[[], object], wait: float = 20.0) -> None:
     for _ in range(int(wait / 0.02)):
         if condition():
             return
@@ -253,7 +253,7 @@ async def test_reserved_path_is_not_bridged(upstream: RunningUpstream, sidecar: 
 async def odd_upstream() -> AsyncIterator[tuple[str, list[object]]]:
     """Commands: "empty" closes with a frame that has no status code, "drop" cuts the TCP connection.
 
-    /slow-handshake takes half a second before it answers the upgrade.
+    /slow-handshake notes "handshake" in the list, then takes 1.5 s before it answers the upgrade.
     """
     received: list[object] = []
 
@@ -271,7 +271,8 @@ async def odd_upstream() -> AsyncIterator[tuple[str, list[object]]]:
 
     async def slow_handshake(ws: ServerConnection, request: object) -> None:
         if getattr(request, "path", "") == "/slow-handshake":
-            await asyncio.sleep(0.5)
+            received.append("handshake")
+            await asyncio.sleep(1.5)
 
     async with serve(handler, "127.0.0.1", 0, process_request=slow_handshake) as server:
         port = server.sockets[0].getsockname()[1]
@@ -305,7 +306,7 @@ async def test_upstream_dropping_the_connection_closes_the_client_with_a_code(
 async def test_client_leaving_during_the_upstream_handshake_is_not_an_error(
     odd_upstream: tuple[str, list[object]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    url, _ = odd_upstream
+    url, received = odd_upstream
     async with start_sidecar(url) as sidecar:
         key = base64.b64encode(os.urandom(16)).decode()
         _reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
@@ -313,7 +314,7 @@ async def test_client_leaving_during_the_upstream_handshake_is_not_an_error(
             "GET /slow-handshake HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
-        await asyncio.sleep(0.1)
+        await eventually(lambda: "handshake" in received)
         writer.transport.abort()  # gone before the upstream has accepted
         metrics = sidecar.service.sidecar.metrics
         await eventually(lambda: metrics.in_flight._value.get() == 0)
