@@ -48,7 +48,8 @@ async def test_readyz_fails_with_a_reason_when_the_upstream_is_down() -> None:
 
 async def test_metrics_count_requests_errors_and_latency(upstream: RunningUpstream) -> None:
     async with (
-        start_sidecar(upstream.url, upstream_read_timeout=0.3) as sidecar,
+        # Long enough that the three answers never time out on a loaded machine; /slow never answers.
+        start_sidecar(upstream.url, upstream_read_timeout=2) as sidecar,
         httpx.AsyncClient() as client,
     ):
         for _ in range(3):
