@@ -56,6 +56,7 @@ REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large", "body_refused"})
 # HTTP/2 and later arrive over TLS ALPN or not at all; a request line claiming them is not served.
 SERVED_VERSIONS = frozenset({"1.0", "1.1"})
+WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
 
 
 class LogDecision(NamedTuple):
@@ -214,9 +215,10 @@ class Gate:
         if version not in SERVED_VERSIONS:
             # The parser takes any digit.digit; a version we do not speak has no agreed framing.
             raise BadRequest(f"HTTP/{version} is not served here", code="unsupported_http_version")
-        framed = self.sidecar.header_rules.frame(
-            raw_headers, scope.get("client"), scope.get("scheme", "http")
-        )
+        scheme = scope.get("scheme", "http")
+        # A WebSocket's scope says ws/wss; the application's X-Forwarded-Proto means http/https.
+        scheme = WEBSOCKET_SCHEMES.get(scheme, scheme)
+        framed = self.sidecar.header_rules.frame(raw_headers, scope.get("client"), scheme)
         if not framed.host and version == "1.1":
             raise BadRequest("an HTTP/1.1 request needs a Host header", code="missing_host")
         authority = scope["extensions"].get(TARGET_AUTHORITY_EXTENSION) if "extensions" in scope else None

@@ -119,10 +119,60 @@ CLIENT_CERT_PREFIXES = (
 # Headers whose only purpose is to tell the application who the caller is, and the overrides above.
 # Only the sidecar may set them; whatever the client sent under these names (in any spelling) is
 # removed.
-IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-", *CLIENT_CERT_PREFIXES)
+# The identity headers other authenticating proxies set for their applications: an application
+# built for one of them believes whatever a client writes under those names. (Google IAP, Azure App
+# Service, AWS ALB, Cloudflare Access, Pomerium, Vouch, Kong, Authelia, Grafana-style auth proxies,
+# mod_auth_openidc's OIDC_CLAIM_* and OIDC_access_token, Cloud Endpoints / API Gateway.)
+OTHER_PROXY_IDENTITY_PREFIXES = (
+    b"x-goog-authenticated-",
+    b"x-goog-iap-",
+    b"x-ms-client-principal",
+    b"x-ms-token-",
+    b"x-amzn-oidc-",
+    b"cf-access-",
+    b"x-pomerium-",
+    b"x-vouch-",
+    b"x-webauth-",
+    b"x-authenticated-",
+    b"x-consumer-",
+    b"x-credential-",
+    b"x-remote-",
+    b"remote-",
+    b"oidc-",
+    b"x-oidc-",
+    b"x-endpoint-api-userinfo",
+    b"x-apigateway-api-userinfo",
+)
+OTHER_PROXY_IDENTITY_NAMES = frozenset(
+    {
+        b"x-auth-user",
+        b"x-auth-email",
+        b"x-auth-groups",
+        b"x-auth-username",
+        b"x-auth-roles",
+        b"x-userid",
+        b"x-username",
+        b"x-groups",
+        b"x-roles",
+        b"x-email-verified",
+        b"x-preferred-username",
+        b"x-proxy-user",
+        b"x-anonymous-consumer",
+        b"x-user-id",
+        b"x-user-name",
+        b"x-user-email",
+        b"x-user-groups",
+        b"x-user-roles",
+        b"x-jwt-assertion",
+        b"x-jwt-payload",
+    }
+)
+
+IDENTITY_PREFIXES = (b"x-auth-request-", b"x-authcar-", *CLIENT_CERT_PREFIXES, *OTHER_PROXY_IDENTITY_PREFIXES)
 IDENTITY_NAMES = (
     REQUEST_OVERRIDE_NAMES
     | CLIENT_CERT_NAMES
+    | OTHER_PROXY_IDENTITY_NAMES
     | {
         b"x-forwarded-user",
         b"x-forwarded-email",

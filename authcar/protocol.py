@@ -114,12 +114,13 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
 
 
 def target_authority(url: bytes) -> bytes:
-    """The `host[:port]` of an absolute-form target; b"" when it has none or carries userinfo."""
+    """The `host[:port]` of an absolute-form target; b"" (never a match) when it has none, carries
+    userinfo, or names a scheme other than http and https."""
     try:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         return b""
-    if parsed.userinfo or not parsed.host:
+    if parsed.userinfo or not parsed.host or parsed.schema.lower() not in (b"http", b"https"):
         return b""
     host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
     return host + b":%d" % parsed.port if parsed.port is not None else host

@@ -94,7 +94,8 @@ async def test_reset_forgets_what_arrived_and_closes_connections_left_mid_reques
         await reader.readuntil(b"}")
         async with asyncio.timeout(5):  # until the half request has arrived too (it may come later)
             while not upstream.connections[0].raw.endswith(b"GET /b HTTP/1.1\r\n"):
-                await asyncio.sleep(0.01)
+                upstream.activity.clear()  # set again by the next bytes that arrive
+                await upstream.activity.wait()
         upstream.reset()
         assert upstream.connections == []
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the reset

@@ -211,6 +211,7 @@ async def test_identity_headers_in_the_handshake_are_stripped(
     assert len(seen.all("x-auth-request-jwt")) == 1  # the sidecar's own, not the client's
     assert not names & {"x-forwarded-user", "x-original-url"}
     assert seen.all("x-forwarded-for") == ["127.0.0.1"]
+    assert seen.all("x-forwarded-proto") == ["http"]  # the scheme applications know, not "ws"
     assert seen.all("x-normal") == ["kept"]
     assert len(seen.all("sec-websocket-key")) == 1  # the sidecar's own handshake, not the client's twice
 
