@@ -16,6 +16,7 @@ deny, everything else is a 502. Nothing ever answers with a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +32,7 @@ from authcar.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     PolicyDenied,
+    ServiceUnavailable,
     Unauthorized,
     send_error,
 )
@@ -177,6 +179,16 @@ class Gate:
             exchange.status = 502
             decision = "error"
             error = BadGateway("the sidecar failed to handle the request", code="internal_error")
+            exchange.bytes_out = await self.reject(
+                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
+            )
+        except asyncio.CancelledError:
+            # The server cancels requests still running when the shutdown grace period ends. The
+            # client gets a clean 503 if nothing was sent yet (uvicorn would log a traceback and
+            # answer a text/plain 500); the task ends here either way.
+            exchange.status = 503
+            decision = "error"
+            error = ServiceUnavailable("the sidecar is shutting down", code="shutting_down")
             exchange.bytes_out = await self.reject(
                 scope, send, error, request_id or request_id_from(scope["headers"]), websocket
             )

@@ -16,8 +16,6 @@ import json
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.faults.support import start
 from tests.process import SidecarProcess
 from tests.rawhttp import RawResponse, parse_response, read_until_closed
@@ -117,11 +115,6 @@ async def test_uploads_in_flight_complete_whole_and_new_connections_are_refused(
     assert [s.raw_path for s in upstream.seen] == ["/upload"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported to the lead: at the end of the grace period uvicorn cancels the request task, "
-    "logs 'Exception in ASGI application' with a CancelledError traceback and answers a text/plain 500",
-)
 async def test_an_upload_stalled_past_the_grace_period_is_cut_and_the_process_exits_0(
     upstream: RunningUpstream, tmp_path: Path
 ) -> None:
