@@ -353,18 +353,22 @@ async def test_waiting_for_a_turn_counts_against_the_timeout(
     make: Callable[..., Any], idp: IdP, calls: list[tuple[str, float]]
 ) -> None:
     introspector = await make(max_concurrency=1, timeout=0.5)
-    idp.set_mode("slow", ["introspect"], delay=5)
+    idp.set_mode("slow", ["introspect"], delay=10)
+    callers = 10
     started = time.monotonic()
     outcomes = await asyncio.gather(
-        introspector.verify(idp.mint_opaque()), introspector.verify(idp.mint_opaque()), return_exceptions=True
+        *(introspector.verify(idp.mint_opaque()) for _ in range(callers)), return_exceptions=True
     )
-    # Both gave up on their 0.5 s budget rather than waiting out the provider (an upper bound only:
-    # a loaded machine may take longer than 0.5 s, never as long as the provider's 5 s).
-    assert time.monotonic() - started < 5
+    # Each gave up within its own 0.5 s budget, its wait for a turn included. Were the wait not
+    # counted, the calls would take turns of a whole budget each, the last ending no sooner than
+    # 10 x 0.5 s after the start; counted, all end after about 0.5 s. (A bound on the outcome,
+    # generous for a loaded machine; which callers got a sliver of a turn is up to the scheduler.)
+    assert time.monotonic() - started < callers * 0.5
     assert all(isinstance(outcome, TokenRejected) for outcome in outcomes)
-    reasons = sorted(outcome.reason for outcome in outcomes if isinstance(outcome, TokenRejected))
-    assert reasons == ["introspection_busy", "introspection_unavailable"]
-    assert [result for result, _ in calls] == ["error"]  # the one waiting never reached the provider
+    reasons = {outcome.reason for outcome in outcomes if isinstance(outcome, TokenRejected)}
+    assert reasons <= {"introspection_busy", "introspection_unavailable"}
+    assert calls  # the first caller at least reached the provider
+    assert all(result == "error" for result, _ in calls)  # and nobody waited it out
 
 
 # -- surviving the provider
