@@ -67,6 +67,9 @@ BODY_TIMEOUT = RequestTimeout("the request body did not arrive in time", code="r
 CHUNK_FRAMING_TOO_LARGE = BadRequest(
     "chunk extensions or trailer fields are too large", code="bad_transfer_encoding"
 )
+# Pipelined requests queued behind the one being answered (~3 KiB each); more are not read (see
+# on_headers_complete). Clients that pipeline at all rarely go past a handful.
+MAX_PIPELINED = 32
 # Chunked framing allowed per body byte overall (one-byte chunks take 5); with the gap limit, a
 # body cannot be made to last, or to fill the parser's buffers, with framing alone.
 FRAMING_PER_BODY_BYTE = 8
@@ -199,6 +202,7 @@ def http_protocol(
             self.body_deadline = 0.0  # the minimum rate's allowance, grown by each byte
             self.asked_to_continue = False  # the body timer found the client waiting for 100 Continue
             self.upgraded = False
+            self.pipeline_full = False  # MAX_PIPELINED requests wait: no more are taken
             self.send_timer: asyncio.TimerHandle | None = None
             # The new connection's head is due from now: a connection that sends nothing is closed too.
             self.watching = "head"
@@ -213,6 +217,8 @@ def http_protocol(
                 on_closed()
 
         def data_received(self, data: bytes) -> None:
+            if self.pipeline_full:
+                return  # the connection ends after the requests already taken
             self.received_any = True
             if self.in_head:
                 self.head_bytes += len(data)
@@ -226,7 +232,7 @@ def http_protocol(
                 self.limit_error = exc.error
                 self.send_400_response(str(exc))
                 return
-            if self.upgraded or self.transport.is_closing():
+            if self.upgraded or self.pipeline_full or self.transport.is_closing():
                 return
             # A head still incomplete after this much data will not fit: stop buffering it.
             if self.in_head and self.head_bytes > self.head_limits.max_head_bytes:
@@ -249,6 +255,8 @@ def http_protocol(
                     self.watch("body", pacing.body_timeout)
 
         def on_body(self, body: bytes) -> None:
+            if self.pipeline_full:
+                return  # a request that was not taken
             # Progress is body bytes, not bytes: chunk extensions and trailers never earn time.
             self.body_decoded += len(body)
             self.framing_gap = 0
@@ -384,6 +392,8 @@ def http_protocol(
 
         def handle_websocket_upgrade(self) -> None:
             # From here the WebSocket protocol owns the connection (and reports its end).
+            if self.pipeline_full:
+                return  # an upgrade among requests that were not taken: the connection just ends
             self.upgraded = True
             self.stop_all_timers()
             super().handle_websocket_upgrade()
@@ -444,6 +454,16 @@ def http_protocol(
                 # Absolute form: RFC 9112 §3.2.2 makes its authority the request's host, whatever
                 # Host says. The gate compares the two (uvicorn keeps only the path).
                 self.scope["extensions"][TARGET_AUTHORITY_EXTENSION] = target_authority(self.url)
+            if self.pipeline_full or len(self.pipeline) >= MAX_PIPELINED:
+                # uvicorn parses a whole read ahead, queueing a request (~3 KiB) per head it finds:
+                # a quarter MiB of tiny pipelined requests held ~20 MiB. Past the limit no request
+                # is taken; the connection closes after the last one taken is answered, and the
+                # client retries the rest (RFC 9112 9.3.2).
+                if not self.pipeline_full:
+                    self.pipeline_full = True
+                    last_taken = self.pipeline[0][0] if self.pipeline else self.cycle
+                    last_taken.keep_alive = False
+                return
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None and cycle.scope is self.scope:
@@ -451,7 +471,8 @@ def http_protocol(
                 cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
-            super().on_message_complete()
+            if not self.pipeline_full:
+                super().on_message_complete()
             self.in_head = True
             self.body_pending = False
             if self.watching == "body":

@@ -191,6 +191,27 @@ async def test_a_pipelined_partial_head_after_a_complete_request(
     assert upstream.paths() == ["/first"]
 
 
+async def test_pipelined_requests_are_taken_a_bounded_number_at_a_time(
+    sidecar: RunningSidecar, upstream: RunningUpstream
+) -> None:
+    count = 5000  # 5000 heads in one write: uvicorn would queue every one of them at once
+    requests = b"".join(request_bytes("GET", f"/p/{i}", close=False) for i in range(count))
+    async with connect(sidecar.port) as client:
+        await client.send(requests)
+        answered = []
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                answered.append(await client.response())
+        assert await client.until_closed() == b""
+    # Those taken are answered in order, each by its own request; the rest were never read and the
+    # connection closed after the last answer (RFC 9112 9.3.2: the client retries them).
+    assert 1 <= len(answered) < count
+    assert [r.json()["raw_path"] for r in answered] == [f"/p/{i}" for i in range(len(answered))]
+    assert answered[-1].header("connection") == "close"
+    assert upstream.paths() == [f"/p/{i}" for i in range(len(answered))]
+    await assert_serves(sidecar, upstream)
+
+
 # -- the request body ------------------------------------------------------------------------------
 
 
