@@ -28,12 +28,14 @@ CHUNKS = 24  # 1.5 MiB per upload: far over AUTHCAR_REQUEST_BUFFER_BYTES, so it 
 class Upload:
     """A client that streams a Content-Length body in paced chunks, on its own connection."""
 
-    def __init__(self, port: int, pause: float) -> None:
+    def __init__(self, port: int, pause: float, hold: asyncio.Event | None = None) -> None:
         self.port = port
         self.pause = pause
+        self.hold = hold  # halfway through, wait for this (the uploads stay in flight until it is set)
         self.body = bytes(range(256)) * (CHUNK * CHUNKS // 256)
         self.sent = 0
         self.started = asyncio.Event()
+        self.halfway = asyncio.Event()
 
     async def run(self, stall_after: int | None = None) -> RawResponse | None:
         """The answer, or None when the connection closed without one."""
@@ -48,6 +50,9 @@ class Upload:
                 for index in range(CHUNKS):
                     if stall_after is not None and index == stall_after:
                         break  # a client that stops sending and waits: cut by the grace period
+                    if index == CHUNKS // 2 and self.hold is not None:
+                        self.halfway.set()
+                        await self.hold.wait()
                     writer.write(self.body[index * CHUNK : (index + 1) * CHUNK])
                     await writer.drain()
                     self.sent += CHUNK
@@ -86,20 +91,21 @@ async def test_uploads_in_flight_complete_whole_and_new_connections_are_refused(
 ) -> None:
     sidecar = await draining_sidecar(upstream, tmp_path, grace_period=30)
     try:
-        uploads = [Upload(sidecar.port, pause=0.15) for _ in range(3)]
+        hold = asyncio.Event()
+        uploads = [Upload(sidecar.port, pause=0.02, hold=hold) for _ in range(3)]
         running = [asyncio.create_task(upload.run()) for upload in uploads]
-        await asyncio.wait_for(asyncio.gather(*(u.started.wait() for u in uploads)), 20)
+        await asyncio.wait_for(asyncio.gather(*(u.halfway.wait() for u in uploads)), 20)
         sidecar.signal(signal.SIGTERM)
 
-        # While the uploads still stream, the listener is gone: nothing new gets in.
-        refused = False
-        while not all(task.done() for task in running):
+        # While the uploads are held halfway, the listener goes: nothing new gets in.
+        for _ in range(200):
             if await connection_refused(sidecar.port):
-                refused = True
                 break
             await asyncio.sleep(0.05)
-        assert refused, "a new connection was still accepted while draining"
-        assert any(u.sent < len(u.body) for u in uploads)  # refused while uploads were under way
+        else:
+            raise AssertionError("a new connection was still accepted while draining")
+        assert all(u.sent < len(u.body) for u in uploads)
+        hold.set()  # the rest of each body, within the grace period
 
         answers = await asyncio.wait_for(asyncio.gather(*running), 60)
         for upload, answer in zip(uploads, answers, strict=True):
