@@ -223,8 +223,8 @@ class Settings:
         65536, "request bodies up to this size are read whole before an upstream connection is taken"
     )
     max_connections: int = setting(
-        # A parked connection holds up to ~7 KiB, ~39 KiB with a head just under the 32 KiB limit
-        # and ~60 KiB with a body being buffered (bench/parked.py): ~60 MiB per worker at most.
+        # A parked connection holds ~7 KiB, ~39 KiB with a head just under the 32 KiB limit and
+        # ~78 KiB with a 64 KiB body being buffered (bench/parked.py): ~80 MiB per worker at most.
         1024,
         "client connections one worker holds at once; more wait in the listen backlog",
     )

@@ -1,6 +1,6 @@
 """Memory of one worker holding parked client connections (silent, or with a partial request head).
 
-    python3 bench/parked.py [--connections 3000] [--head-bytes 31744] [--max-connections N]
+    python3 bench/parked.py [--connections 3000] [--head-bytes 31744] [--max-connections N] [--only body]
 
 Starts the sidecar (one worker, loopback, generous timeouts so nothing is closed while measuring),
 opens N connections that send nothing, then N that each send a request line and one header of
@@ -69,18 +69,20 @@ async def close_all(writers: list[asyncio.StreamWriter]) -> None:
             await writer.wait_closed()
 
 
-async def measure(sidecar: SidecarProcess, count: int, head_bytes: int) -> None:
+async def measure(sidecar: SidecarProcess, count: int, head_bytes: int, only: str) -> None:
     pid = sidecar.process.pid
     partial = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * (head_bytes - 36)
     body = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n" + b"b" * 65535
     baseline = await settle(pid)
     print(f"worker RSS at rest: {baseline:.1f} MiB")
-    scenarios = (
-        ("silent", b""),
-        (f"partial head of {len(partial)} bytes", partial),
-        ("small body all but its last byte", body),
-    )
-    for label, payload in scenarios:
+    scenarios = {
+        "silent": ("silent", b""),
+        "head": (f"partial head of {len(partial)} bytes", partial),
+        "body": ("small body all but its last byte", body),
+    }
+    for name, (label, payload) in scenarios.items():
+        if only not in ("all", name):
+            continue
         before = await settle(pid)
         writers = await park(sidecar.port, count, payload)
         after = await settle(pid)
@@ -98,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=3000)
     parser.add_argument("--head-bytes", type=int, default=31 * 1024)
+    parser.add_argument("--only", choices=("all", "silent", "head", "body"), default="all")
     parser.add_argument(
         "--max-connections", type=int, default=0, help="AUTHCAR_MAX_CONNECTIONS (default: above N)"
     )
@@ -117,7 +120,7 @@ def main() -> None:
         sidecar = start_sidecar_process(Path(log_dir), env)
         try:
             started = time.monotonic()
-            asyncio.run(measure(sidecar, args.connections, args.head_bytes))
+            asyncio.run(measure(sidecar, args.connections, args.head_bytes, args.only))
             print(f"({time.monotonic() - started:.0f} s)")
         finally:
             sidecar.stop()
