@@ -133,23 +133,23 @@ def uvicorn_config(
         "date_header": False,
         "loop": "none",
     }
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_header_count)
+    pacing = ClientPacing(
+        settings.request_header_timeout,
+        settings.request_body_timeout,
+        settings.request_body_min_rate,
+        settings.response_send_timeout,
+    )
     if not public:
-        return uvicorn.Config(app, http="httptools", ws="none", timeout_graceful_shutdown=2, **common)
+        # The probes' listener is paced like the public one: a slow client must not exhaust it either.
+        return uvicorn.Config(
+            app, http=http_protocol(head_limits, pacing), ws="none", timeout_graceful_shutdown=2, **common
+        )
     on_closed = limit.closed if limit is not None else (lambda: None)
     metrics = limit.metrics if limit is not None else None
     config = uvicorn.Config(
         app,
-        http=http_protocol(
-            HeadLimits(settings.max_header_bytes, settings.max_header_count),
-            ClientPacing(
-                settings.request_header_timeout,
-                settings.request_body_timeout,
-                settings.request_body_min_rate,
-                settings.response_send_timeout,
-            ),
-            metrics,
-            on_closed,
-        ),
+        http=http_protocol(head_limits, pacing, metrics, on_closed),
         ws=websocket_protocol(on_closed),
         ws_max_size=16 * 1024 * 1024,
         timeout_keep_alive=int(settings.keepalive_timeout),

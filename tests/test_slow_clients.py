@@ -140,6 +140,17 @@ async def test_a_silent_connection_is_closed_without_an_answer(
     await assert_serves(paced, upstream)
 
 
+async def test_the_admin_listener_closes_slow_clients_too(paced: RunningSidecar) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", paced.admin_port)
+    client = Client(reader, writer)
+    try:
+        client.trickle(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 400, every=0.02)
+        response = parse_response(await client.until_closed())
+    finally:
+        await client.close()
+    assert_timeout(response, "request_header_timeout")
+
+
 @pytest.mark.parametrize(
     "head",
     [
