@@ -209,8 +209,9 @@ TARGET_AUTHORITY_EXTENSION = "authcar.target_authority"
 
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
-# Control bytes in a field value (RFC 9110 §5.5). aiohttp parses responses leniently and lets them
-# through; the server refuses to write them only after it has marked the response as started.
+# Control bytes in a field value (RFC 9110 §5.5). http1.py's parser (httptools) already refuses them
+# in responses; checked again before relaying because the server would refuse to write them only
+# after it has marked the response as started, too late for a 502.
 FIELD_VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 
 

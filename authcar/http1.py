@@ -1,10 +1,11 @@
 """A lean HTTP/1.1 client for one upstream origin: a keep-alive pool of asyncio protocols.
 
-Why not aiohttp on this path (see docs/decisions.md, "Upstream client"): a bare uvicorn hello-world
-serves ~15k req/s on the reference machine, the same server forwarding through aiohttp ~4k; the
-client side was most of the cost. A forwarding proxy needs little of a general client: one origin,
-requests whose head is already bytes, bodies streamed as they come, no cookies, redirects,
-decompression or retries of anything but a reused connection that died before answering.
+Why not aiohttp on this path (docs/decisions.md, 8. "Our own HTTP/1.1 upstream pool instead of
+aiohttp for plain requests"): a bare uvicorn hello-world serves ~15k req/s on the reference machine,
+the same server forwarding through aiohttp ~4–6k; the client side was most of the cost. A forwarding
+proxy needs little of a general client: one origin, requests whose head is already bytes, bodies
+streamed as they come, no cookies, redirects, decompression or retries of anything but a reused
+connection that died before answering.
 
 What it does:
 - keeps up to `max_connections` connections, reusing idle ones last-in-first-out (the warmest);

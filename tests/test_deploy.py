@@ -45,7 +45,6 @@ POLICIES = REPO / "policies"
 KUSTOMIZATIONS = {
     "base": DEPLOY / "base",
     "example": DEPLOY / "overlays" / "example",
-    "redis": DEPLOY / "overlays" / "redis",
 }
 POLICY_FILES = ("model.conf", "policy.csv")
 REFRESH_POLICIES = "cp policies/model.conf policies/policy.csv deploy/base/policies/"
@@ -56,8 +55,6 @@ SIDECAR = "authcar"
 PUBLIC_PORT, ADMIN_PORT = 4180, 9901
 # Secrets the manifests mount but do not create: the operator (or cert-manager) makes them.
 EXTERNAL_SECRETS = frozenset({"authcar-oidc-client", "book-service-tls"})
-# Settings the manifests may set before authcar implements them (authcar warns and ignores them).
-ANNOUNCED_SETTINGS = frozenset({"AUTHCAR_REDIS_URL"})
 # Peak RSS with the verified-token cache full, from deploy/measure_resources.py (MiB).
 MEASURED_PEAK_RSS_MIB = 110
 
@@ -705,9 +702,8 @@ def test_disruption_budget_and_autoscaler_fit_the_deployment(rendered: Rendered,
 # ---- TLS ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["example", "redis"])
-def test_certificate_names_the_service_and_the_loopback_jwks_host(rendered: Rendered, name: str) -> None:
-    docs = rendered[name]
+def test_certificate_names_the_service_and_the_loopback_jwks_host(rendered: Rendered) -> None:
+    docs = rendered["example"]
     certificate = next(
         c for c in of_kind(docs, "Certificate") if c["spec"]["secretName"] == "book-service-tls"
     )
@@ -744,34 +740,6 @@ def test_guide_dry_run_patch_turns_dry_run_on(tmp_path: Path) -> None:
     assert not schema_problems(app_deployment(docs), OLDEST_KUBERNETES)
 
 
-# ---- the redis overlay -------------------------------------------------------------------------------
-
-
-def test_redis_overlay_points_authcar_at_its_redis(rendered: Rendered) -> None:
-    docs = rendered["redis"]
-    url = urlsplit(env_of(container(pod_spec(app_deployment(docs)), SIDECAR))["AUTHCAR_REDIS_URL"])
-    assert url.scheme == "redis"
-    service = named(docs, "Service", str(url.hostname))
-    port = next(p for p in service["spec"]["ports"] if p["port"] == url.port)
-    redis = next(
-        d for d in of_kind(docs, "Deployment") if selects(service["spec"]["selector"], pod_labels(d))
-    )
-    assert resolve_port(pod_spec(redis), port["targetPort"])[1] == 6379
-    # Only the book service's pods may connect to it.
-    policy = next(
-        p
-        for p in of_kind(docs, "NetworkPolicy")
-        if selects(p["spec"]["podSelector"]["matchLabels"], pod_labels(redis))
-    )
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": APP}}}]
-    assert [resolve_port(pod_spec(redis), p["port"])[1] for p in rule["ports"]] == [6379]
-    for other in ("base", "example"):
-        assert "AUTHCAR_REDIS_URL" not in env_of(
-            container(pod_spec(app_deployment(rendered[other])), SIDECAR)
-        )
-
-
 # ---- the applications accept the configuration they are given -----------------------------------------
 
 
@@ -790,9 +758,7 @@ def known_authcar_variables() -> set[str]:
 def test_authcar_variables_are_real_settings(rendered: Rendered, name: str) -> None:
     docs = rendered[name]
     variables = set(full_env(container(pod_spec(app_deployment(docs)), SIDECAR), docs))
-    unknown = (
-        {v for v in variables if v.startswith("AUTHCAR_")} - known_authcar_variables() - ANNOUNCED_SETTINGS
-    )
+    unknown = {v for v in variables if v.startswith("AUTHCAR_")} - known_authcar_variables()
     assert not unknown, f"authcar would ignore {sorted(unknown)}"
 
 
@@ -865,7 +831,7 @@ def test_authcar_accepts_the_pod_configuration(rendered: Rendered, name: str, tm
     )
     assert proc.returncode == 0, proc.stderr
     ignored = set(re.findall(r"ignoring unknown environment variable (\w+)", proc.stderr))
-    assert ignored <= ANNOUNCED_SETTINGS, proc.stderr
+    assert not ignored, proc.stderr
 
 
 @pytest.mark.parametrize("name", params())

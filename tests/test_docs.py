@@ -45,3 +45,49 @@ def test_every_test_the_security_model_names_exists() -> None:
             assert re.search(rf"^(?:async )?def {name}\(", source.read_text(), re.MULTILINE), (
                 f"docs/security.md names {path}::{name}, which does not exist"
             )
+
+
+# Names the docs may mention that are not settings, on purpose, each with why. Prefer fixing the
+# docs: a name here is one a reader could set to no effect.
+NOT_SETTINGS = {
+    # CONTRACT's name for the shared-state work; the README says authcar ignores it until then.
+    "AUTHCAR_REDIS_URL": "README.md",
+}
+
+
+def mentioned_setting_names() -> dict[str, list[str]]:
+    """Every AUTHCAR_* name in the README, docs/ and deploy/, with the files that mention it."""
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    sources += sorted(p for p in (ROOT / "deploy").rglob("*") if p.is_file() and p.suffix != ".pyc")
+    mentions: dict[str, list[str]] = {}
+    for source in sources:
+        # \b: BOOKS_AUTHCAR_JWKS_URL is the book service's setting, not ours.
+        for name in set(re.findall(r"\bAUTHCAR_[A-Z0-9_]*", source.read_text(encoding="utf-8"))):
+            mentions.setdefault(name, []).append(str(source.relative_to(ROOT)))
+    return mentions
+
+
+def names_a_setting(name: str, known: set[str]) -> bool:
+    """A setting, a family of them (`AUTHCAR_`, `AUTHCAR_OIDC_`) or a secret's `_FILE` form."""
+    if name in known:
+        return True
+    if name.endswith("_"):
+        return any(k.startswith(name) for k in known)
+    return name.endswith("_FILE") and name.removesuffix("_FILE") in known
+
+
+def test_every_setting_name_the_docs_mention_exists() -> None:
+    known = {name for name, _, _ in setting_docs()}
+    unknown = {
+        name: files
+        for name, files in mentioned_setting_names().items()
+        if not names_a_setting(name, known) and name not in NOT_SETTINGS
+    }
+    assert not unknown, f"the docs mention settings that do not exist: {unknown}"
+
+
+def test_the_list_of_names_that_are_not_settings_is_still_needed() -> None:
+    mentioned = mentioned_setting_names()
+    known = {name for name, _, _ in setting_docs()}
+    stale = {name for name in NOT_SETTINGS if name not in mentioned or names_a_setting(name, known)}
+    assert not stale, f"NOT_SETTINGS lists names no doc needs it for: {stale}"
