@@ -2,7 +2,7 @@
 
 Why not aiohttp on this path (docs/decisions.md, 8. "Our own HTTP/1.1 upstream pool instead of
 aiohttp for plain requests"): a bare uvicorn hello-world serves ~15k req/s on the reference machine,
-the same server forwarding through aiohttp ~4–6k; the client side was most of the cost. A forwarding
+the same server forwarding through aiohttp ~4-6k; the client side was most of the cost. A forwarding
 proxy needs little of a general client: one origin, requests whose head is already bytes, bodies
 streamed as they come, no cookies, redirects, decompression or retries of anything but a reused
 connection that died before answering.
