@@ -92,6 +92,11 @@ def preflight(settings: Settings) -> list[str]:
     return problems
 
 
+def print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"authcar: warning: {warning}", file=sys.stderr)
+
+
 def print_problems(error: ConfigError) -> None:
     print(f"authcar: configuration has {len(error.problems)} problem(s):", file=sys.stderr)
     for problem in error.problems:
@@ -119,14 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         loaded = load(args)
-        problems = preflight(loaded.settings)
-        if problems:
-            raise ConfigError(problems)
     except ConfigError as error:
+        print_warnings(error.warnings)
         print_problems(error)
         return 1
-    for warning in loaded.warnings:
-        print(f"authcar: warning: {warning}", file=sys.stderr)
+    print_warnings(loaded.warnings)
+    problems = preflight(loaded.settings)
+    if problems:
+        print_problems(ConfigError(problems))
+        return 1
     if args.command == "check-config":
         print("authcar: configuration is valid")
         return 0

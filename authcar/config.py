@@ -11,7 +11,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -271,8 +271,10 @@ class Settings:
 class ConfigError(Exception):
     """Every problem found in the configuration, reported at once."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: Sequence[str] = ()) -> None:
         self.problems = problems
+        # Found on the way (an unknown, maybe misspelt, variable): most useful exactly when it fails.
+        self.warnings = tuple(warnings)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -342,7 +344,7 @@ def load_settings(
         if problem.split(":", 1)[0] not in unusable:
             problems.append(problem)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     warnings.extend(validation_warnings(settings))
     return LoadedSettings(settings=settings, warnings=tuple(warnings), sources=sources)
 

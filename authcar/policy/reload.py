@@ -129,7 +129,9 @@ def reported(problems: list[str]) -> list[str]:
 def read_policy_files(directory: Path) -> PolicyFiles:
     """Both files from one generation of the directory; PolicyError listing every problem otherwise."""
     if not directory.is_dir():
-        raise PolicyError([f"the policy directory {directory} does not exist or is not a directory"])
+        # A relative directory (the default `policies`) is looked for where authcar was started.
+        where = "" if directory.is_absolute() else f" (looked for at {directory.absolute()})"
+        raise PolicyError([f"the policy directory {directory}{where} does not exist or is not a directory"])
     for _ in range(READ_ATTEMPTS):
         before = directory_fingerprint(directory)
         problems: list[str] = []
