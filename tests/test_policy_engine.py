@@ -228,7 +228,14 @@ def test_rule_count_version_and_index(books: CompiledPolicy) -> None:
         (SIMPLE_MODEL, "p, a, /, GET\ng, alice, role, extra", "g takes 2 fields"),
         (SIMPLE_MODEL, "p, a, /, GET\ng2, alice, role", "unknown policy type 'g2'"),
         (SIMPLE_MODEL, "P, a, /, GET", "unknown policy type 'P'"),
-        (SIMPLE_MODEL, "p, a, /x), GET", "unbalanced brackets"),
+        (SIMPLE_MODEL, "p, a, /x), GET", "'/x)' closes a bracket or parenthesis it never opened"),
+        # The reader does not split inside brackets: an unclosed regex group swallows the line.
+        (
+            SIMPLE_MODEL,
+            "p, a, ^/(x, GET",
+            "'^/(x' opens a bracket or parenthesis it never closes, so the rest of the line ('GET')",
+        ),
+        (SIMPLE_MODEL, "p, a, /[x, GET", "'/[x' opens a bracket or parenthesis it never closes"),
         (
             model_with(policy_definition="sub, obj, act, eft"),
             "p, a, /, GET, alow",

@@ -312,6 +312,38 @@ def _effect(model: Model, problems: list[str]) -> Effect | None:
         return None
 
 
+def _depths(text: str) -> list[int]:
+    """The bracket depth after each character, counted as the policy reader counts it."""
+    depth, depths = 0, []
+    for char in text:
+        depth += 1 if char in "([" else -1 if char in ")]" else 0
+        depths.append(depth)
+    return depths
+
+
+def _opens_unclosed(field: str) -> bool:
+    depths = _depths(field)
+    return bool(depths) and depths[-1] > 0
+
+
+def _unclosed(field: str) -> str:
+    # Commas inside brackets do not split fields, so an unclosed one (a regex such as `^(GET$`)
+    # swallows the rest of the line: say that, not that the line has too few fields.
+    value = field.split(",")[0].strip()
+    return (
+        f"{value!r} opens a bracket or parenthesis it never closes, so the rest of the line"
+        f" ({field[len(value) :].lstrip(', ')!r}) was read as part of it"
+    )
+
+
+def _unbalanced(raw: str) -> str:
+    for piece in raw.split(",")[1:]:
+        depths = _depths(piece)
+        if depths and min(depths) < 0:
+            return f"{piece.strip()!r} closes a bracket or parenthesis it never opened"
+    return "unbalanced brackets or parentheses"
+
+
 def _read_policy(
     text: str, policy_tokens: list[str] | None, role_names: list[str], problems: list[str]
 ) -> tuple[list[tuple[Rule, int]], dict[str, list[tuple[str, str]]]]:
@@ -326,7 +358,7 @@ def _read_policy(
         try:
             tokens = _extract_tokens(raw.strip())
         except Exception:
-            problems.append(f"policy line {number}: unbalanced brackets or parentheses")
+            problems.append(f"policy line {number}: {_unbalanced(raw)}")
             continue
         if tokens is None:
             continue
@@ -335,8 +367,11 @@ def _read_policy(
             if policy_tokens is None:
                 continue
             if len(fields) != len(policy_tokens):
+                unclosed = next((f for f in fields if _opens_unclosed(f)), None)
                 problems.append(
-                    f"policy line {number}: {len(fields)} fields, "
+                    f"policy line {number}: {_unclosed(unclosed)}"
+                    if unclosed is not None
+                    else f"policy line {number}: {len(fields)} fields, "
                     f"the policy_definition has {len(policy_tokens)} "
                     f"({', '.join(policy_tokens)})"
                 )
