@@ -65,18 +65,22 @@ def load(args: argparse.Namespace) -> LoadedSettings:
     return load_settings(flags)
 
 
-def preflight(settings: Settings) -> list[str]:
+def preflight(settings: Settings) -> tuple[list[str], list[str]]:
     """Checks that need more than the settings themselves: can the certificate, key and policy files
-    be used?"""
+    be used? Returns the problems, and warnings about a policy that loads but likely misleads."""
     from authcar.assertion import AssertionKeyError, load_private_key_file
     from authcar.policy import PolicyError
+    from authcar.policy.diagnostics import policy_warnings
     from authcar.policy.reload import load_policy
 
     problems: list[str] = []
+    warnings: list[str] = []
     try:
-        load_policy(settings.policy_dir, settings.policy_role_prefix)
+        policy = load_policy(settings.policy_dir, settings.policy_role_prefix)
     except PolicyError as error:
         problems.extend(f"{env_name('policy_dir')} ({settings.policy_dir}): {p}" for p in error.problems)
+    else:
+        warnings = policy_warnings(policy, settings.public_paths, settings.policy_role_prefix)
     if settings.assertion_key_file is not None:
         try:
             load_private_key_file(settings.assertion_key_file)
@@ -89,7 +93,7 @@ def preflight(settings: Settings) -> list[str]:
             CertificateStore(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
         except TLSConfigError as exc:
             problems.append(f"TLS: {exc}")
-    return problems
+    return problems, warnings
 
 
 def print_warnings(warnings: Sequence[str]) -> None:
@@ -129,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_problems(error)
         return 1
     print_warnings(loaded.warnings)
-    problems = preflight(loaded.settings)
+    problems, warnings = preflight(loaded.settings)
+    print_warnings(warnings)
     if problems:
         print_problems(ConfigError(problems))
         return 1

@@ -735,6 +735,12 @@ def validation_warnings(s: Settings) -> list[str]:
                 f"{name_of('allow_any_audience')}: issuer {issuer.issuer_url!r} accepts tokens minted for"
                 f" any client of its provider, as `aud` is not checked; set {name_of('audience')}"
             )
+    if not s.configured_issuers() and not s.allow_anonymous and not s.tls_client_cert_identity:
+        warnings.append(
+            f"no issuer is configured ({env_name('oidc_issuer_url')}, or issuers in {env_name('config')}):"
+            f" every request outside {env_name('public_paths')} is refused with 401"
+            f" ({env_name('allow_anonymous')}=true lets anonymous callers through, for development)"
+        )
     if s.oidc_allow_any_audience and s.oidc_issuer_url is None:
         warnings.append(
             f"{env_name('oidc_allow_any_audience')} has no effect without {env_name('oidc_issuer_url')}"

@@ -81,9 +81,15 @@ class CompiledPolicy:
         effect: Effect,
         groups: dict[str | None, PathIndex],
         roles: RoleGraph | None,
+        subject_rules: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        linked_names: frozenset[str] = frozenset(),
     ) -> None:
         self.version = version
         self.rule_count = len(rules)
+        # For diagnostics only (authcar.policy.diagnostics): each rule's `sub` with the rule, and
+        # every name the `g` lines mention.
+        self.subject_rules = subject_rules
+        self.linked_names = linked_names
         # Which request values narrow the candidates ("subject", "path", "method"); empty: every
         # decision evaluates every rule (worth a warning in the logs for large policies).
         self.indexed_by = tuple(
@@ -239,7 +245,17 @@ def compile_policy(model_text: str, policy_text: str, *, version: str) -> Compil
         _prepare_rules(program, rules, groups, problems)
     if problems or program is None or effect is None:
         raise PolicyError(problems)
-    return CompiledPolicy(version, [rule for rule, _line in rules], program, effect, groups, graphs.get("g"))
+    subject = policy_tokens.index("sub") if policy_tokens and "sub" in policy_tokens else None
+    return CompiledPolicy(
+        version,
+        [rule for rule, _line in rules],
+        program,
+        effect,
+        groups,
+        graphs.get("g"),
+        subject_rules=tuple((r.values[subject], r.explain) for r, _ in rules) if subject is not None else (),
+        linked_names=frozenset(name for pairs in links.values() for pair in pairs for name in pair),
+    )
 
 
 def _load_model(text: str, problems: list[str]) -> Model | None:
