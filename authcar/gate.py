@@ -141,6 +141,7 @@ class Gate:
             else:
                 metrics.count_decision("deny")
                 reason = verdict.reason
+                sidecar.policy.explain_denial(identity)
                 if identity.is_anonymous:
                     # Signing in might help: ask for credentials rather than refuse outright.
                     raise Unauthorized("a bearer token is required", code="no_credentials")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -723,3 +724,34 @@ async def test_a_regex_no_engine_can_bound_keeps_the_sidecar_from_starting(
             pass
     [problem] = refused.value.problems
     assert problem.startswith("policy line 1: it could backtrack without bound"), problem
+
+
+async def test_a_denied_callers_role_that_a_rule_names_without_its_prefix_is_logged_once_per_rule(
+    upstream: RunningUpstream, idp: IdP, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "model.conf").write_text((BOOK_POLICY / "model.conf").read_text())
+    (tmp_path / "policy.csv").write_text(
+        "p, viewer, /books, ^GET$, allow, *\n"  # meant for the role viewer, which is role:viewer
+        "p, viewer, /books/:id, ^GET$, allow, *\n"
+        "p, role:reader, /books, ^GET$, allow, *\n"
+        "p, authcar:anonymous, /healthz, ^(GET|HEAD)$, allow, *\n"  # assert_refused's marker
+    )
+    async with book_sidecar(upstream, idp, policy_dir=tmp_path) as guarded:
+        with caplog.at_level(logging.WARNING, logger="authcar.policy"):
+            for _ in range(3):
+                await assert_refused(
+                    await guarded.send("GET", "/books", token=guarded.token("dora", ["viewer"])), guarded
+                )
+            await assert_refused(
+                await guarded.send("GET", "/books/1", token=guarded.token("dora", ["viewer"])), guarded
+            )
+            # A caller without the role is denied without a hint.
+            await assert_refused(
+                await guarded.send("GET", "/books/2", token=guarded.token("erin", ["other"])), guarded
+            )
+    hints = [r for r in caplog.records if r.getMessage() == "policy_rule_names_bare_role"]
+    assert [(r.rule, r.role) for r in hints] == [  # type: ignore[attr-defined]
+        ("viewer, /books, ^GET$, allow, *", "viewer"),
+        ("viewer, /books/:id, ^GET$, allow, *", "viewer"),
+    ]
+    assert "write role:viewer" in hints[0].hint  # type: ignore[attr-defined]

@@ -66,3 +66,33 @@ def bare_role_warnings(policy: CompiledPolicy, role_prefix: str) -> list[str]:
 
 def policy_warnings(policy: CompiledPolicy, public_paths: Sequence[str], role_prefix: str) -> list[str]:
     return public_path_warnings(policy, public_paths, role_prefix) + bare_role_warnings(policy, role_prefix)
+
+
+class BareRoleDenials:
+    """Which denials a bare-role rule may explain, each rule reported once per policy version.
+
+    A caller with the role `viewer` denied while a rule names `viewer` as its subject is the mistake
+    as it happens: the log names the rule once, not once per request.
+    """
+
+    def __init__(self, role_prefix: str) -> None:
+        self.role_prefix = role_prefix
+        self._version = ""
+        self._by_role: dict[str, list[tuple[str, ...]]] = {}
+        self._reported: set[tuple[str, ...]] = set()
+
+    def unreported(self, policy: CompiledPolicy, roles: frozenset[str]) -> list[tuple[str, tuple[str, ...]]]:
+        """(role, rule) pairs not reported yet for this policy version; marks them reported."""
+        if policy.version != self._version:
+            self._version = policy.version
+            self._by_role = bare_role_subjects(policy, self.role_prefix)
+            self._reported = set()
+        if not self._by_role:
+            return []
+        found = []
+        for role in roles:
+            for rule in self._by_role.get(role, ()):
+                if rule not in self._reported:
+                    self._reported.add(rule)
+                    found.append((role, rule))
+        return found

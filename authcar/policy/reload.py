@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from authcar.background import watch_directories
 from authcar.identity import ANONYMOUS, Identity
 from authcar.policy import MODEL_FILE, POLICY_FILE, PolicyError, policy_request
+from authcar.policy.diagnostics import BareRoleDenials
 from authcar.policy.engine import CompiledPolicy, compile_policy
 
 if TYPE_CHECKING:
@@ -227,6 +228,20 @@ class PolicySource:
         # The watcher reloads in a thread while SIGHUP reloads on the loop: one reload at a time.
         self._lock = threading.Lock()
         self._last_attempt: tuple[object, ...] | None = None
+        self._bare_roles = BareRoleDenials(role_prefix)
+
+    def explain_denial(self, identity: Identity) -> None:
+        """Log, once per rule, a denied caller's role that a rule names without its prefix."""
+        for role, rule in self._bare_roles.unreported(self.current, identity.roles):
+            log.warning(
+                "policy_rule_names_bare_role",
+                extra={
+                    "rule": ", ".join(rule),
+                    "role": role,
+                    "hint": f"the rule compares {role!r} with the caller's subject; for the token's role"
+                    f" {role!r} write {self.role_prefix}{role}",
+                },
+            )
 
     @property
     def current(self) -> CompiledPolicy:
