@@ -331,7 +331,8 @@ def with_request_id(scope: Scope, send: Send, request_id: str, exchange: Exchang
     """The sidecar's own endpoints see the request id the gate settled on, and answer with it.
 
     The client's X-Request-Id may have been malformed and replaced; the endpoints must neither echo
-    that nor answer without one. The answer's status is recorded for the log line and metrics.
+    that nor answer without one. The answer's status and body size are recorded for the log line
+    and metrics.
     """
     rid = request_id.encode()
     headers = [(name, value) for name, value in scope["headers"] if name != b"x-request-id"]
@@ -342,6 +343,8 @@ def with_request_id(scope: Scope, send: Send, request_id: str, exchange: Exchang
             exchange.status = message["status"]
             own = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"x-request-id"]
             message = {**message, "headers": [*own, (b"x-request-id", rid)]}
+        elif message["type"] in ("http.response.body", "websocket.http.response.body"):
+            exchange.bytes_out += len(message.get("body", b""))
         elif message["type"] == "websocket.accept":
             exchange.status = 101
         elif message["type"] == "websocket.close" and not exchange.status:

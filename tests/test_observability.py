@@ -184,3 +184,18 @@ async def test_request_counts_reach_the_counters_without_a_scrape(
             break
         await asyncio.sleep(0.05)
     assert counter._value.get() == 3
+
+
+async def test_answers_the_sidecar_gives_itself_log_the_bytes_they_send(upstream: RunningUpstream) -> None:
+    stream = io.StringIO()
+    async with start_sidecar(upstream.url, access_log=True) as sidecar:
+        sidecar.service.sidecar.access_log.stream = stream
+        async with httpx.AsyncClient(base_url=sidecar.url) as client:
+            jwks = await client.get("/.well-known/authcar/jwks.json")
+            reserved = await client.get("/.well-known/authcar/nothing-here")
+        sidecar.service.sidecar.access_log.flush()
+    assert (jwks.status_code, reserved.status_code) == (200, 404)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["status"], line["decision"]) for line in lines] == [(200, "sidecar"), (404, "sidecar")]
+    assert [line["bytes_out"] for line in lines] == [len(jwks.content), len(reserved.content)]
+    assert upstream.seen == []
