@@ -109,6 +109,18 @@ def configure_logging(log_format: str, level: str, stream: IO[str] | None = None
     access = logging.getLogger("uvicorn.access")
     access.propagate = False
     access.disabled = True
+    logging.getLogger("uvicorn.error").addFilter(drop_uvicorn_lifecycle)
+
+
+# Each of the two uvicorn servers (public and admin listener) announces its own start and stop, so
+# every line came twice; authcar's `listening`, `draining` and `stopped` events say it once.
+UVICORN_LIFECYCLE = frozenset(
+    {"Started server process [%d]", "Shutting down", "Finished server process [%d]"}
+)
+
+
+def drop_uvicorn_lifecycle(record: logging.LogRecord) -> bool:
+    return record.msg not in UVICORN_LIFECYCLE
 
 
 # uvicorn reports these as errors, but for authcar they are deliberate: a response cut short because

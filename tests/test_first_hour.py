@@ -132,3 +132,17 @@ def test_at_start_the_sidecar_warns_about_the_public_path_it_will_refuse(tmp_pat
         assert "authcar: warning: AUTHCAR_PUBLIC_PATHS: 'GET /open' skips authentication" in log
     finally:
         sidecar.stop()
+
+
+def test_start_and_stop_are_each_logged_once(tmp_path: Path) -> None:
+    sidecar = start_sidecar_process(tmp_path, {"AUTHCAR_ALLOW_ANONYMOUS": "true"})
+    try:
+        sidecar.signal()
+        assert sidecar.wait(timeout=30) == 0
+    finally:
+        sidecar.stop()
+    events = [str(e["event"]) for e in sidecar.events()]
+    assert events.count("listening") == 1
+    assert events[-1] == "stopped", events
+    # Two uvicorn servers (public, admin) each announced start and stop: every line came twice.
+    assert len(events) == len(set(events)), events
