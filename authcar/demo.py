@@ -234,14 +234,16 @@ async def running_demo(port: int, admin_port: int) -> AsyncIterator[RunningDemo]
     policy_dir = demo_policy_dir()
     book_service = import_book_service()  # before anything starts, not halfway
     async with contextlib.AsyncExitStack() as stack:
+        # Bound first, so a taken port fails before anything starts (or warns), and port 0 works:
+        # the book service must know the sidecar's URL, where it fetches the keys of X-Auth-Request-Jwt.
+        listeners = bind_listeners(
+            Settings(host="127.0.0.1", port=port, admin_host="127.0.0.1", admin_port=admin_port)
+        )
+        stack.callback(listeners.close)
         issuer = await stack.enter_async_context(devissuer.serving())
         books_socket = stack.enter_context(contextlib.closing(bind("127.0.0.1", 0)))
         books_url = f"http://127.0.0.1:{books_socket.getsockname()[1]}"
         settings = sidecar_settings(port, admin_port, books_url, issuer, policy_dir)
-        # Bound before anything serves (a taken port fails here, and port 0 works): the book service
-        # must know the sidecar's URL, where it fetches the keys of X-Auth-Request-Jwt.
-        listeners = bind_listeners(settings)
-        stack.callback(listeners.close)
         public = f"http://127.0.0.1:{listeners.public_port}"
         books, books_task = await stack.enter_async_context(
             serving_books(book_service, books_socket, f"{public}/.well-known/authcar/jwks.json")
@@ -317,6 +319,8 @@ async def serve_demo(port: int, admin_port: int, stop: asyncio.Event) -> None:
         if await supervise(demo.parts, wait_ready(demo.urls.admin, stop)):
             print(instructions(demo.urls, demo.issuer), flush=True)
             await supervise(demo.parts, stop.wait())
+        # The access lines of the requests served so far belong before the goodbye, not after it.
+        demo.sidecar.sidecar.access_log.flush()
         print("\nauthcar demo: stopping", flush=True)
 
 
@@ -346,7 +350,7 @@ A fresh token (clients {", ".join(devissuer.DEMO_CLIENTS)}; secret {secret}):
 
 Probes and metrics:
   curl -s {urls.admin}/readyz
-  curl -s {urls.admin}/metrics | grep authcar_requests
+  curl -s {urls.admin}/metrics | grep '^authcar_requests_total'
 
 Press Ctrl-C to stop.
 """
