@@ -91,3 +91,22 @@ def test_the_list_of_names_that_are_not_settings_is_still_needed() -> None:
     known = {name for name, _, _ in setting_docs()}
     stale = {name for name in NOT_SETTINGS if name not in mentioned or names_a_setting(name, known)}
     assert not stale, f"NOT_SETTINGS lists names no doc needs it for: {stale}"
+
+
+# Error codes that never reach a client: the client had gone (the access log records it as 499).
+UNANSWERED_CODES = {"client_closed_request"}
+
+
+def test_every_error_code_the_sidecar_answers_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### What the client receives on errors") :]
+    table = table[: table.index("\n\n", table.index("| status |"))]
+    listed = set(re.findall(r"`([a-z_]+)`", table))
+    raised = {
+        code
+        for source in (ROOT / "authcar").rglob("*.py")
+        for code in re.findall(r'\bcode="([a-z_]+)"', source.read_text(encoding="utf-8"))
+    }
+    assert len(raised) > 30, "the search for error codes found too few: has the spelling changed?"
+    missing = raised - listed - UNANSWERED_CODES
+    assert not missing, f"error codes the README's error table does not list: {sorted(missing)}"
