@@ -67,13 +67,13 @@ class Sidecar:
                 on_event=self.tls_event,
             )
             self.metrics.tls_expiry.set(self.tls.not_after)
-        # The identity provider's client (discovery, JWKS, later introspection and login): httpx, with
+        # The identity provider's client (discovery, JWKS, introspection; later login): httpx, with
         # tight timeouts so a slow provider cannot hold requests for long.
         self.idp_http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=3.0), follow_redirects=False, headers={"User-Agent": "authcar"}
         )
-        # Shared state (introspection results; later sessions and rate limits). In memory until a
-        # Redis URL is configured (the shared-state work).
+        # State with TTLs (introspection results; later sessions and rate limits). In this process's
+        # memory: a Redis backend shared by the replicas arrives with the shared-state work.
         self.store: Store = MemoryStore()
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
         self.policy = PolicySource(settings.policy_dir, self.metrics, role_prefix=settings.policy_role_prefix)

@@ -1,1 +1,2 @@
-"""Authentication: who is calling. Bearer JWTs (keys from OIDC discovery), later opaque tokens, sessions."""
+"""Authentication: who is calling. Bearer JWTs (keys from OIDC discovery), opaque tokens (RFC 7662
+introspection), client certificates; browser sessions arrive with the login flow."""

@@ -1,4 +1,8 @@
-"""Shared state for all replicas: an async key-value store with TTLs (in memory, or Redis)."""
+"""State behind one interface: an async key-value store with TTLs.
+
+Only the in-memory backend exists (one per process, so not shared between workers or replicas); a
+Redis backend that all replicas share arrives with the shared-state work, behind the same interface.
+"""
 
 from authcar.store.base import MAX_KEY_BYTES, MAX_TTL, MAX_VALUE_BYTES, Store, StoreUnavailable
 from authcar.store.memory import MemoryStore
