@@ -1,11 +1,12 @@
 """Every spelling under which an application may read a query parameter or cookie name as one of ours.
 
 The sidecar owns a few names (the `access_token` query parameter, the token cookie; with the login
-flow, its session cookies). Comparing them byte for byte is not enough: the application decodes and folds names
-before it looks them up, so `access%5Ftoken` *is* `access_token` to it. A name the sidecar does not
-recognise as its own while the application does lets a client hide a token from the sidecar, or
-smuggle a second copy past it. So names are compared as the most lenient of the common frameworks
-reads them, and any name that *some* of them would read as ours counts as a spelling of ours.
+flow, its session cookies). Comparing them byte for byte is not enough: the application decodes and
+folds names before it looks them up, so `access%5Ftoken` *is* `access_token` to it. A name the
+sidecar does not recognise as its own while the application does lets a client hide a token from
+the sidecar, or smuggle a second copy past it. So names are compared as the most lenient of the
+common frameworks reads them, and any name that *some* of them would read as ours counts as a
+spelling of ours.
 
 A raw name is read every way below; if any reading's skeleton equals the protected name's, the
 name is a spelling of it:
