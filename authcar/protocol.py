@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from authcar.authn.jwt import TOKEN_MEMO_EXTENSION, TokenDigestMemo
+from authcar.compat import FlowControl, HttpToolsProtocol, WebSocketsSansIOProtocol
 from authcar.errors import (
     BadRequest,
     GatewayError,

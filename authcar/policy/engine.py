@@ -31,8 +31,8 @@ from operator import attrgetter
 from typing import Any
 
 from casbin.model import Model
-from casbin.persist.adapter import _extract_tokens
 
+from authcar.compat import split_policy_line
 from authcar.policy import Decision, PolicyError, PolicyRequest
 from authcar.policy.functions import PATTERN_FUNCTIONS
 from authcar.policy.index import ANYWHERE, PathIndex, placement
@@ -372,7 +372,7 @@ def _read_policy(
     priority = policy_tokens.index("priority") if policy_tokens and "priority" in policy_tokens else None
     for number, raw in enumerate(text.split("\n"), start=1):
         try:
-            tokens = _extract_tokens(raw.strip())
+            tokens = split_policy_line(raw.strip())
         except Exception:
             problems.append(f"policy line {number}: {_unbalanced(raw)}")
             continue

@@ -24,12 +24,12 @@ forwards such a path.
 from __future__ import annotations
 
 import re
-import re._constants as sre
-import re._parser as sre_parse
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from authcar.compat import sre_constants as sre
+from authcar.compat import sre_parser as sre_parse
 from authcar.policy.functions import PATTERN_FUNCTIONS
 from authcar.policy.regex import PLAIN_PATH_REGEX
 

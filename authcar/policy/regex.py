@@ -21,14 +21,15 @@ Both engines are called with `match` semantics (anchored at the start only), as 
 from __future__ import annotations
 
 import re
-import re._constants as sre
-import re._parser as sre_parse
 from typing import Any, Protocol
 
 import re2
 
 # re2's compile wrapper costs more than the match itself; the bound pybind object is called directly.
-_RE2_MODULE: Any = re2._re2
+from authcar.compat import re2_binding as _RE2_MODULE
+from authcar.compat import sre_constants as sre
+from authcar.compat import sre_parser as sre_parse
+
 _ANCHOR_START = _RE2_MODULE.RE2.Anchor.ANCHOR_START
 _NO_MATCH = (-1, -1)
 
