@@ -79,9 +79,15 @@ def test_without_an_issuer_the_401_for_every_request_is_announced(tmp_path: Path
 def test_a_public_path_the_policy_refuses_to_anonymous_callers_is_warned_about(tmp_path: Path) -> None:
     env = {
         "AUTHCAR_POLICY_DIR": str(
-            policy_dir(tmp_path, READER_ONLY + "p, authcar:anonymous, /open, ^GET$, allow, *\n")
+            policy_dir(
+                tmp_path,
+                READER_ONLY
+                + "p, authcar:anonymous, /open, ^GET$, allow, *\n"
+                + "p, authcar:anonymous, /both, ^(GET|HEAD)$, allow, *\n",
+            )
         ),
-        "AUTHCAR_PUBLIC_PATHS": "GET /open,/docs/*,POST /open",
+        # GET covers HEAD, which the rule below does not allow.
+        "AUTHCAR_PUBLIC_PATHS": "GET /open,/docs/*,POST /open,GET|HEAD /both",
         "AUTHCAR_ALLOW_ANONYMOUS": "false",
         "AUTHCAR_OIDC_ISSUER_URL": "https://idp.example",
         "AUTHCAR_OIDC_AUDIENCE": "api",
@@ -89,10 +95,11 @@ def test_a_public_path_the_policy_refuses_to_anonymous_callers_is_warned_about(t
     result = authcar("check-config", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     warned = warnings_of(result)
-    assert len(warned) == 2, warned
-    assert "'/docs/*' skips authentication, but the policy does not allow GET /docs/" in warned[0]
-    assert "`p, authcar:anonymous, /docs/*, ...`" in warned[0]
-    assert "'POST /open'" in warned[1]
+    assert len(warned) == 3, warned
+    assert "'GET /open' skips authentication, but the policy does not allow HEAD /open" in warned[0]
+    assert "'/docs/*' skips authentication, but the policy does not allow GET /docs/" in warned[1]
+    assert "`p, authcar:anonymous, /docs/*, ...`" in warned[1]
+    assert "'POST /open'" in warned[2]
 
 
 def test_a_rule_for_a_bare_role_name_is_named_as_the_likely_mistake(tmp_path: Path) -> None:

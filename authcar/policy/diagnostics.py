@@ -18,25 +18,25 @@ from authcar.policy.engine import CompiledPolicy
 PUBLIC_PATHS_SETTING = "AUTHCAR_PUBLIC_PATHS"
 
 
-def example_request(rule: PublicPathRule) -> tuple[str, str, str]:
-    """One request the public-path rule makes public (for a prefix, its directory itself), and the
-    keyMatch2 pattern of a rule that would allow them all."""
-    methods = rule.methods
-    method = "GET" if methods is None or "GET" in methods else sorted(methods)[0]
-    return method, rule.pattern, rule.pattern + "*" if rule.prefix else rule.pattern
+def example_requests(rule: PublicPathRule) -> tuple[list[str], str, str]:
+    """The methods and one path the public-path rule makes public (for a prefix, its directory
+    itself), and the keyMatch2 pattern of a rule that would allow them all. Any method: GET stands
+    for all."""
+    methods = ["GET"] if rule.methods is None else sorted(rule.methods)
+    return methods, rule.pattern, rule.pattern + "*" if rule.prefix else rule.pattern
 
 
 def public_path_warnings(policy: CompiledPolicy, public_paths: Sequence[str], role_prefix: str) -> list[str]:
-    """Each public path whose request the policy refuses to an anonymous caller."""
+    """Each public path whose requests the policy refuses to an anonymous caller."""
     warnings = []
     for entry in public_paths:
-        method, path, pattern = example_request(parse_public_path(entry))
-        _, decision = authorize(policy, ANONYMOUS, method, path, role_prefix)
-        if not decision.allowed:
+        methods, path, pattern = example_requests(parse_public_path(entry))
+        refused = [m for m in methods if not authorize(policy, ANONYMOUS, m, path, role_prefix)[1].allowed]
+        if refused:
             warnings.append(
                 f"{PUBLIC_PATHS_SETTING}: {entry!r} skips authentication, but the policy does not allow"
-                f" {method} {path} to authcar:anonymous, so those requests get 401; add a rule such as"
-                f" `p, authcar:anonymous, {pattern}, ...`"
+                f" {'|'.join(refused)} {path} to authcar:anonymous, so those requests get 401; add a rule"
+                f" such as `p, authcar:anonymous, {pattern}, ...`"
             )
     return warnings
 
