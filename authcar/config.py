@@ -91,7 +91,9 @@ class Settings:
         "run the AUTHCAR_OIDC_* issuer without an audience: it then accepts tokens minted for any"
         " client of the provider (YAML issuers: `allow_any_audience` each); check-config warns",
     )
-    oidc_client_id: str | None = setting(None, "client id, for browser login and token introspection")
+    oidc_client_id: str | None = setting(
+        None, "client id, for token introspection (and browser login, once it lands)"
+    )
     oidc_client_secret: str | None = setting(
         None, "client secret (or AUTHCAR_OIDC_CLIENT_SECRET_FILE)", secret=True
     )
@@ -180,7 +182,9 @@ class Settings:
     trusted_proxies: tuple[str, ...] = setting(
         (), "networks (CIDR) whose X-Forwarded-* headers are trusted, e.g. an ingress controller's pod range"
     )
-    reserved_prefix: str = setting("/oauth2/", "path prefix served by the sidecar itself (login endpoints)")
+    reserved_prefix: str = setting(
+        "/oauth2/", "path prefix served by the sidecar itself (JSON 404 until the login endpoints land)"
+    )
     pass_host_header: bool = setting(True, "forward the client's Host header (else the upstream's host)")
 
     max_header_bytes: int = setting(
