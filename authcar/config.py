@@ -6,6 +6,7 @@ ConfigMap in one round instead of one crash-loop per typo.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -400,10 +401,19 @@ def read_environ(environ: Mapping[str, str], known: Mapping[str, Any]) -> tuple[
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in known:
-            warnings.append(f"ignoring unknown environment variable {key}")
+            warnings.append(f"ignoring unknown environment variable {key}{suggestion(key, known)}")
             continue
         values[name] = value
     return values, warnings
+
+
+def suggestion(key: str, known: Mapping[str, Any]) -> str:
+    """` (did you mean AUTHCAR_X?)` for a likely misspelling of a setting's variable, else nothing."""
+    names = [env_name(n) for n in known] + [
+        env_name(n) + "_FILE" for n, f in known.items() if f.metadata.get("secret")
+    ]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.85)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def read_secret_files(

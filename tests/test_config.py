@@ -146,7 +146,9 @@ def test_kubernetes_service_links_do_not_break_the_port() -> None:
 def test_unknown_environment_variables_are_warned_about() -> None:
     loaded = load_settings({}, environ={"AUTHCAR_UPSTREAMM": "http://x"})
     # First; then the one that no issuer is configured.
-    assert loaded.warnings[0] == "ignoring unknown environment variable AUTHCAR_UPSTREAMM"
+    assert loaded.warnings[0] == (
+        "ignoring unknown environment variable AUTHCAR_UPSTREAMM (did you mean AUTHCAR_UPSTREAM?)"
+    )
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,10 @@ def test_unknown_variables_are_reported_even_when_the_configuration_fails(tmp_pa
     env = {"AUTHCAR_POLCY_DIR": str(POLICIES), "AUTHCAR_WORKERS": "-1"}
     result = authcar("check-config", cwd=tmp_path, env=env)
     assert result.returncode == 1
-    assert "ignoring unknown environment variable AUTHCAR_POLCY_DIR" in result.stderr
+    assert (
+        "ignoring unknown environment variable AUTHCAR_POLCY_DIR (did you mean AUTHCAR_POLICY_DIR?)"
+        in result.stderr
+    )
     # Also when the settings are fine and only the policy directory is missing.
     result = authcar("check-config", cwd=tmp_path, env={"AUTHCAR_POLCY_DIR": str(POLICIES)})
     assert result.returncode == 1
