@@ -136,6 +136,10 @@ class ServiceUnavailable(GatewayError):
     code = "unavailable"
     description = "the sidecar is not ready"
 
+    def extra_headers(self) -> Headers:
+        # Every cause is passing (a busy pool, a shutdown handing over to another pod): try again soon.
+        return [(b"retry-after", b"1")]
+
 
 class GatewayTimeout(GatewayError):
     status = 504

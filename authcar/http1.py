@@ -40,7 +40,7 @@ DEFAULT_MAX_HEADER_COUNT = 1000
 # Around the reason phrase on_status reports: the rest of the status line, and the blank line that
 # ends the same head (one of each per head), so that a head's size is exactly its bytes on the wire.
 STATUS_LINE_OVERHEAD = len(b"HTTP/1.1 200 \r\n") + len(b"\r\n")
-RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})  # TRACE is refused before forwarding
 
 
 class UpstreamError(Exception):
@@ -48,7 +48,7 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(detail or kind)
-        # connect_failed | connect_timeout | read_timeout | reset | protocol | header_too_large
+        # connect_failed, connect_timeout, pool_exhausted, read_timeout, reset, protocol, header_too_large
         self.kind = kind
 
 
@@ -515,7 +515,9 @@ class ConnectionPool:
             try:
                 await asyncio.wait_for(waiter, max(0.0, deadline - now))
             except TimeoutError:
-                raise UpstreamError("connect_timeout", "no free upstream connection in time") from None
+                # Every pooled connection stayed busy: the sidecar's limit, not the application's
+                # failure to accept (that is connect_timeout).
+                raise UpstreamError("pool_exhausted", "no free upstream connection in time") from None
             finally:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)

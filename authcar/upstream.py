@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
+from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
     DEFAULT_MAX_HEADER_BYTES,
@@ -431,6 +431,11 @@ async def upstream_to_client(ws: aiohttp.ClientWebSocketResponse, send: Send, ex
 UPSTREAM_ERRORS: dict[str, tuple[type[GatewayError], str, str]] = {
     "connect_failed": (BadGateway, "cannot connect to the application", "upstream_unavailable"),
     "connect_timeout": (BadGateway, "timed out connecting to the application", "upstream_connect_timeout"),
+    "pool_exhausted": (
+        ServiceUnavailable,
+        "every connection to the application is busy",
+        "upstream_pool_exhausted",
+    ),
     "read_timeout": (GatewayTimeout, "the application did not answer in time", "upstream_timeout"),
     "reset": (BadGateway, "the application closed the connection", "upstream_reset"),
     "protocol": (BadGateway, "the application sent an invalid response", "upstream_protocol_error"),

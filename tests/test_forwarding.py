@@ -1053,3 +1053,21 @@ async def test_a_bug_in_the_gate_is_a_502_and_a_flood_of_them_logs_one_traceback
     logged = [r for r in caplog.records if r.getMessage() == "unhandled error in the gate"]
     assert len(logged) == 1
     assert logged[0].exc_info is not None
+
+
+async def test_a_pool_held_busy_is_503_pool_exhausted_not_a_connect_timeout(
+    upstream: RunningUpstream,
+) -> None:
+    """The sidecar's own limit, not the application's failure: 503 with Retry-After, never queued forever."""
+    async with sidecar_client(
+        upstream.url, upstream_max_connections=1, upstream_connect_timeout=0.5
+    ) as client:
+        held = asyncio.create_task(client.get("/slow", params={"delay": "60"}))
+        await upstream.until_seen(1)
+        response = await client.get("/next")
+        assert_error(response, 503, "upstream_pool_exhausted")
+        assert response.headers["retry-after"] == "1"
+        assert upstream.paths() == ["/slow?delay=60"]  # the refused request never reached the app
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await held
