@@ -165,9 +165,7 @@ class Gate:
             if isinstance(error, Unauthorized | Forbidden):
                 decision = "deny"
                 reason = reason or error.code
-            exchange.bytes_out = await self.reject(
-                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
-            )
+            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
         except Exception:
             # A bug, not a verdict: never let it through as a 500 with a traceback. One request
             # that trips it is logged in full; a flood of them logs a trickle with the count.
@@ -180,9 +178,7 @@ class Gate:
             exchange.status = 502
             decision = "error"
             error = BadGateway("the sidecar failed to handle the request", code="internal_error")
-            exchange.bytes_out = await self.reject(
-                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
-            )
+            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
         except asyncio.CancelledError:
             # The server cancels requests still running when the shutdown grace period ends. The
             # client gets a clean 503 if nothing was sent yet (uvicorn would log a traceback and
@@ -190,9 +186,7 @@ class Gate:
             exchange.status = 503
             decision = "error"
             error = ServiceUnavailable("the sidecar is shutting down", code="shutting_down")
-            exchange.bytes_out = await self.reject(
-                scope, send, error, request_id or request_id_from(scope["headers"]), websocket
-            )
+            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
         finally:
             metrics.in_flight.dec()
             duration = time.perf_counter() - started
@@ -267,7 +261,11 @@ class Gate:
     async def reject(
         self, scope: Scope, send: Send, error: GatewayError, request_id: str, websocket: bool
     ) -> int:
-        """Answer with the error, over HTTP or as a refused WebSocket handshake."""
+        """Answer with the error, over HTTP or as a refused WebSocket handshake.
+
+        `request_id` is "" when the request failed before framing settled on one.
+        """
+        request_id = request_id or request_id_from(scope["headers"])
         try:
             if websocket:
                 return await send_error(wrap_websocket_send(send), error, request_id)
