@@ -431,7 +431,9 @@ class ConnectionPool:
         lines.append(b"\r\n")
         head = b"".join(lines)
         if body is not None:
-            body = framed_body(body, None if chunked else content_length)
+            if not chunked:
+                assert content_length is not None  # refused above: a body needs one framing
+                body = length_checked(body, content_length)
             # Nothing goes upstream until the client's body has really started: a request whose
             # body never comes (or is refused by the server's parser) never reaches the app, and
             # head and first chunk share one write.
@@ -583,17 +585,13 @@ class BodyLengthMismatch(Exception):
     """The body handed to the pool is not as long as its Content-Length said."""
 
 
-async def framed_body(body: AsyncIterator[bytes], length: int | None) -> AsyncIterator[bytes]:
+async def length_checked(body: AsyncIterator[bytes], length: int) -> AsyncIterator[bytes]:
     """`body`, checked against the Content-Length the request head announces.
 
     The server's parser already delivers exactly that many bytes; this keeps the promise even if
     it did not. A surplus is never written (the upstream would parse it as another request); a
     shortfall raises at the end. Either way the connection is closed, never reused.
     """
-    if length is None:
-        async for chunk in body:
-            yield chunk
-        return
     sent = 0
     async for chunk in body:
         sent += len(chunk)
