@@ -127,6 +127,13 @@ def target_authority(url: bytes) -> bytes:
     return host + b":%d" % parsed.port if parsed.port is not None else host
 
 
+def answer_and_close(transport: asyncio.Transport, error: GatewayError) -> None:
+    """The JSON error answer for a request the ASGI app never saw, then the end of the connection."""
+    if not transport.is_closing():
+        transport.write(raw_error_response(error, new_request_id()))
+        transport.close()
+
+
 class CorkedTransport:
     """Holds a response head back until the body's first write, so a small answer is one syscall.
 
@@ -345,8 +352,7 @@ def http_protocol(
             elif cycle.response_started:
                 self.transport.abort()  # a cut-short response must not look complete
             else:
-                self.transport.write(raw_error_response(error, new_request_id()))
-                self.transport.close()
+                answer_and_close(self.transport, error)
 
         def reading_held(self, seconds: float) -> None:
             """Reading resumes after the sidecar held it back: that time is not the client's."""
@@ -399,7 +405,7 @@ def http_protocol(
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self.deferred_error is not None and not self.answers_pending():
-                self.write_error_and_close(self.deferred_error)
+                answer_and_close(self.transport, self.deferred_error)
                 return
             if self.watching == "head":
                 # The next head has begun: the header timeout governs it, not the keep-alive timeout.
@@ -488,16 +494,11 @@ def http_protocol(
                 self.deferred_error = error
                 self.transport.pause_reading()
                 return
-            self.write_error_and_close(error)
+            answer_and_close(self.transport, error)
 
         def answers_pending(self) -> bool:
             cycle = self.cycle
             return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
-
-        def write_error_and_close(self, error: GatewayError) -> None:
-            if not self.transport.is_closing():
-                self.transport.write(raw_error_response(error, new_request_id()))
-                self.transport.close()
 
     return GateHttpProtocol
 
@@ -535,9 +536,7 @@ class GateWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = True
         self.handshake_complete = True
         self.close_sent = True
-        if not self.transport.is_closing():
-            self.transport.write(raw_error_response(error, new_request_id()))
-            self.transport.close()
+        answer_and_close(self.transport, error)
 
 
 def websocket_protocol(on_closed: Callable[[], None]) -> type[GateWebSocketProtocol]:
