@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.process import SidecarProcess, start_sidecar_process  # noqa: E402
+from tests.support.process import SidecarProcess, start_sidecar_process  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

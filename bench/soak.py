@@ -4,7 +4,7 @@
     .venv/bin/python bench/soak.py                  # 60 s
     .venv/bin/python bench/soak.py --seconds 120 --json bench/results/soak.json
 
-Starts, on loopback only, the test upstream (`python -m tests.upstream_app`), and `authcar run`
+Starts, on loopback only, the test upstream (`python -m tests.support.upstream_app`), and `authcar run`
 (1 worker, tokens checked against a static JWKS, a policy that denies /admin). Then, concurrently
 until `--seconds` have passed or `--max-requests` were made: valid tokens, invalid tokens (bad
 signature, expired, unknown key, garbage), denied paths, streamed uploads and downloads, WebSocket
@@ -431,7 +431,7 @@ def start_stack(children: Children, work: Path, seconds: float) -> Target:
 
     upstream_port = free_port()
     upstream = children.spawn(
-        [sys.executable, "-m", "tests.upstream_app", str(upstream_port)],
+        [sys.executable, "-m", "tests.support.upstream_app", str(upstream_port)],
         log=work / "upstream.log",
         cwd=REPO_DIR,
     )

@@ -34,9 +34,9 @@ from authcar.assertion import (
 )
 from authcar.config import Settings
 from authcar.identity import ANONYMOUS, Identity
-from tests.conftest import start_sidecar
-from tests.process import SidecarProcess, start_sidecar_process
-from tests.upstream_app import RunningUpstream
+from tests.support.process import SidecarProcess, start_sidecar_process
+from tests.support.sidecar import start_sidecar
+from tests.support.upstream_app import RunningUpstream
 
 ALICE = Identity(
     subject="alice",

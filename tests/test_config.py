@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from authcar.config import ConfigError, Settings, load_settings, setting
-from tests.conftest import start_sidecar
 from tests.idp import run_idp
-from tests.process import ALLOW_ALL_POLICY
-from tests.upstream_app import RunningUpstream
+from tests.support.process import ALLOW_ALL_POLICY
+from tests.support.sidecar import start_sidecar
+from tests.support.upstream_app import RunningUpstream
 
 
 def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = None) -> Settings:

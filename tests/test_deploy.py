@@ -765,7 +765,7 @@ def test_authcar_variables_are_real_settings(rendered: Rendered, name: str) -> N
 def lay_out_volumes(pod: Resource, c: Resource, docs: list[Resource], root: Path) -> dict[str, Path]:
     """Each of the container's mounts as kubelet writes it (`..data` links), under root; returns
     mountPath -> directory. Secrets get made-up content of the right kind."""
-    from tests.tls_material import CertAuthority, SecretVolume
+    from tests.support.tls_material import CertAuthority, SecretVolume
 
     authority = CertAuthority("deploy-test-ca")
     server = authority.issue_server("ec", hostname=f"{APP}.books.svc")
@@ -886,8 +886,8 @@ async def fetch_like_the_app(url: str, environment: dict[str, str]) -> str:
 async def test_app_reaches_the_sidecar_over_tls_with_the_mounted_ca(
     rendered: Rendered, upstream: Any, tmp_path: Path
 ) -> None:
-    from tests.conftest import start_sidecar
-    from tests.tls_material import CertAuthority, SecretVolume
+    from tests.support.sidecar import start_sidecar
+    from tests.support.tls_material import CertAuthority, SecretVolume
 
     pod = pod_spec(app_deployment(rendered["example"]))
     app_env = env_of(container(pod, APP))

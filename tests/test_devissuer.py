@@ -15,8 +15,8 @@ import pytest
 import authcar.demo
 import authcar.devissuer
 from authcar.devissuer import DEMO_AUDIENCE, DEMO_CLIENTS, DEMO_SECRET, DevIssuer, serving
-from tests.conftest import start_sidecar
-from tests.upstream_app import RunningUpstream
+from tests.support.sidecar import start_sidecar
+from tests.support.upstream_app import RunningUpstream
 
 CLAIMS = {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "roles", "scope", "email", "preferred_username"}
 

@@ -15,9 +15,9 @@ import pytest
 
 from authcar.config import ConfigError, load_settings
 from authcar.http1 import BodyLengthMismatch, ConnectionPool, Response, UpstreamError
-from tests.conftest import start_sidecar
-from tests.rawhttp import request_bytes, send_raw
-from tests.upstream_app import serve_upstream
+from tests.support.rawhttp import request_bytes, send_raw
+from tests.support.sidecar import start_sidecar
+from tests.support.upstream_app import serve_upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

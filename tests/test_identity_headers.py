@@ -30,10 +30,10 @@ from authcar.identity_headers import (
     parse_claim_header,
     parse_claim_headers,
 )
-from tests.conftest import RunningSidecar, start_sidecar
 from tests.idp import IdP, run_idp
-from tests.rawhttp import RawResponse, request_bytes, send_raw
-from tests.upstream_app import RunningUpstream, Seen
+from tests.support.rawhttp import RawResponse, request_bytes, send_raw
+from tests.support.sidecar import RunningSidecar, start_sidecar
+from tests.support.upstream_app import RunningUpstream, Seen
 
 ALICE = Identity(
     subject="alice",

@@ -11,8 +11,8 @@ import re
 import httpx
 
 from authcar.observe import AccessEntry, AccessLog, JsonFormatter, TextFormatter
-from tests.conftest import RunningSidecar, start_sidecar
-from tests.upstream_app import RunningUpstream
+from tests.support.sidecar import RunningSidecar, start_sidecar
+from tests.support.upstream_app import RunningUpstream
 
 
 def metric(text: str, name: str, **labels: str) -> float:

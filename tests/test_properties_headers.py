@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authcar.headers import CLIENT_IP_NAMES, FORWARDING, IDENTITY_NAMES
-from tests.recording_upstream import CONNECT_GRACE
 from tests.security.expect import SIDECAR_IDENTITY, invariant_problems
 from tests.security.stack import HOST, Stack, running_stack
 from tests.security.wire import exchange
+from tests.support.recording_upstream import CONNECT_GRACE
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

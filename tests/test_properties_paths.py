@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from authcar.errors import BadRequest
 from authcar.paths import normalise_path
-from tests.property_stack import ThreadedStack, threaded_stack
-from tests.rawhttp import RawResponse
-from tests.recording_upstream import ReceivedRequest
 from tests.security.stack import HOST
+from tests.support.property_stack import ThreadedStack, threaded_stack
+from tests.support.rawhttp import RawResponse
+from tests.support.recording_upstream import ReceivedRequest
 
 POLICY = """\
 p, role:reader, /*, ^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$, allow, *

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from authcar.tls import CertificateStore, ClientCertificate, TLSConfigError, client_certificate
-from tests.tls_material import CertAuthority, Issued, SecretVolume, expired, not_yet_valid
+from tests.support.tls_material import CertAuthority, Issued, SecretVolume, expired, not_yet_valid
 
 IO_TIMEOUT = 5.0
 SPIFFE_ID = "spiffe://cluster.local/ns/default/sa/client"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 
 from tests.idp import IdP
-from tests.process import SidecarProcess, start_sidecar_process
-from tests.rawhttp import RawResponse, parse_response, read_until_closed, request_bytes
+from tests.support.process import SidecarProcess, start_sidecar_process
+from tests.support.rawhttp import RawResponse, parse_response, read_until_closed, request_bytes
 
 SUBJECT = "fault-subject-7f3a"
 EMAIL = f"{SUBJECT}@example.com"

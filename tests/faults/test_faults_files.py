@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from authcar.policy import MODEL_FILE, POLICY_FILE
+from tests.e2e.test_tls_listener import served_serial
 from tests.faults.misbehaving import MisbehavingUpstream, misbehaving_upstream
 from tests.faults.support import metric, metrics, readiness, send, tracebacks, until
-from tests.process import SidecarProcess, start_sidecar_process
-from tests.test_tls_listener import served_serial
-from tests.tls_material import CertAuthority, Issued, SecretVolume, expired
+from tests.support.process import SidecarProcess, start_sidecar_process
+from tests.support.tls_material import CertAuthority, Issued, SecretVolume, expired
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = (ROOT / "policies" / MODEL_FILE).read_bytes()

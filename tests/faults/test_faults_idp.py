@@ -33,7 +33,7 @@ from tests.faults.support import (
     until,
 )
 from tests.idp import IdPClient, IdPProcess, idp_process, run_idp
-from tests.process import SidecarProcess, start_sidecar_process
+from tests.support.process import SidecarProcess, start_sidecar_process
 
 # Longer than the sidecar's provider timeout (5 s, authcar/app.py idp_http and the introspector).
 SLOW = 6.5

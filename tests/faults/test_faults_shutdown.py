@@ -17,9 +17,9 @@ import signal
 from pathlib import Path
 
 from tests.faults.support import start
-from tests.process import SidecarProcess
-from tests.rawhttp import RawResponse, parse_response, read_until_closed
-from tests.upstream_app import RunningUpstream
+from tests.support.process import SidecarProcess
+from tests.support.rawhttp import RawResponse, parse_response, read_until_closed
+from tests.support.upstream_app import RunningUpstream
 
 CHUNK = 64 * 1024
 CHUNKS = 24  # 1.5 MiB per upload: far over AUTHCAR_REQUEST_BUFFER_BYTES, so it streams

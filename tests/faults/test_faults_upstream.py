@@ -25,7 +25,7 @@ from tests.faults.support import (
     tracebacks,
 )
 from tests.idp import IdP
-from tests.process import SidecarProcess, start_sidecar_process
+from tests.support.process import SidecarProcess, start_sidecar_process
 
 READ_TIMEOUT = "0.5"  # short, so a hanging upstream is answered soon; waits stay generous
 

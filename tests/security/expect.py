@@ -16,9 +16,9 @@ from authcar.headers import (
     IDENTITY_PREFIXES,
     fold_name,
 )
-from tests.recording_upstream import ReceivedRequest
 from tests.security.corpus import Expected
 from tests.security.tokens import SUBJECT
+from tests.support.recording_upstream import ReceivedRequest
 
 # The identity headers the sidecar writes itself, as it spells them.
 SIDECAR_IDENTITY = frozenset(

@@ -17,9 +17,9 @@ import httpx
 
 from tests.idp import IdPClient
 from tests.idp.client import idp_process
-from tests.process import SidecarProcess, start_sidecar_process
-from tests.recording_upstream import RecordingUpstream, serve_recording
 from tests.security.tokens import Tokens
+from tests.support.process import SidecarProcess, start_sidecar_process
+from tests.support.recording_upstream import RecordingUpstream, serve_recording
 
 POLICY_DIR = Path(__file__).resolve().parent / "policy"
 HOST = "app.test"  # the Host header well-formed requests carry

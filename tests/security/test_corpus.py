@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.recording_upstream import CONNECT_GRACE
 from tests.security.corpus import Case, load_cases
 from tests.security.expect import expectation_problems, invariant_problems
 from tests.security.stack import HOST, Stack, running_stack
 from tests.security.wire import Exchange, exchange
+from tests.support.recording_upstream import CONNECT_GRACE
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

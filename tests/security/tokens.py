@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tests.idp import IdPClient
 from tests.idp.keys import SigningKey, b64url, hmac_jws, new_key, sign_jws, unsigned_jws
-from tests.tls_material import CertAuthority
+from tests.support.tls_material import CertAuthority
 
 SUBJECT = "alice"
 AUDIENCE = "api"
