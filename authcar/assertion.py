@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from authcar.identity import Identity
 
@@ -102,7 +102,10 @@ class AssertionSigner:
         self.kid = self.jwk["kid"]
         header = {"alg": ALGORITHM, "typ": "JWT", "kid": self.kid}
         self.encoded_header = b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
-        self.signature_algorithm = ec.ECDSA(hashes.SHA256())
+        # pyjwt's ES256: ECDSA over SHA-256, DER turned into the raw r || s of RFC 7518 §3.4. Called
+        # directly: jwt.encode rebuilds and re-checks this fixed header on every call, ~6 µs of a
+        # ~40 µs signature (docs/decisions.md, 13).
+        self.algorithm = jwt.get_algorithm_by_name(ALGORITHM)
 
     @classmethod
     def from_settings(cls, settings: Settings, generated_pem: bytes | None = None) -> AssertionSigner:
@@ -148,7 +151,4 @@ class AssertionSigner:
     def sign(self, claims: Mapping[str, Any]) -> bytes:
         payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         signing_input = self.encoded_header + b"." + b64url(payload)
-        # cryptography gives DER; JWS wants the raw fixed-width r || s (RFC 7518 §3.4).
-        r, s = decode_dss_signature(self.private_key.sign(signing_input, self.signature_algorithm))
-        signature = r.to_bytes(COORDINATE_BYTES, "big") + s.to_bytes(COORDINATE_BYTES, "big")
-        return signing_input + b"." + b64url(signature)
+        return signing_input + b"." + b64url(self.algorithm.sign(signing_input, self.private_key))

@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from authcar.assertion import (
     ASSERTION_ISSUER,
@@ -123,6 +125,60 @@ def test_the_header_names_es256_and_the_key_by_its_rfc7638_thumbprint() -> None:
     assert jwk["y"] == b64url(numbers.y.to_bytes(32, "big"))
     # Raw r || s, 64 bytes (RFC 7518 §3.4), not DER.
     assert len(base64.urlsafe_b64decode(token.split(b".")[2] + b"==")) == 64
+
+
+def verify_with_cryptography(token: bytes, jwks: dict[str, Any]) -> dict[str, Any]:
+    """A second verifier that shares no code with pyjwt's JOSE layer: RFC 7515 by hand over
+    cryptography's ECDSA, with the key rebuilt from the JWK's coordinates."""
+    head, payload, signature = token.split(b".")
+    header = json.loads(base64.urlsafe_b64decode(head + b"=="))
+    (jwk,) = [key for key in jwks["keys"] if key["kid"] == header["kid"]]
+    public_key = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="), "big"),
+        int.from_bytes(base64.urlsafe_b64decode(jwk["y"] + "=="), "big"),
+        ec.SECP256R1(),
+    ).public_key()
+    raw = base64.urlsafe_b64decode(signature + b"==")
+    assert len(raw) == 64  # RFC 7518 §3.4: r and s, 32 bytes each, whatever their value
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public_key.verify(der, head + b"." + payload, ec.ECDSA(hashes.SHA256()))
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + b"=="))
+    return claims
+
+
+def test_assertions_verify_with_pyjwt_and_with_cryptography_alone_even_with_short_coordinates() -> None:
+    """r or s below 2**248 (about one signature in 128) must still be sent as 32 bytes, left-padded:
+    a signer that dropped the leading zero would fail here, and only for those signatures."""
+    signing = signer()
+    jwks = signing.jwks()
+    short = 0
+    for attempt in range(4000):  # P(no short coordinate in 4000 signatures) ~ 1e-14
+        token = signing.assertion(ALICE, "GET", f"/books/{attempt}", time.time())
+        raw = base64.urlsafe_b64decode(token.split(b".")[2] + b"==")
+        if raw[0] != 0 and raw[32] != 0 and attempt >= 20:
+            continue
+        short += raw[0] == 0 or raw[32] == 0
+        assert verify(token, jwks)["path"] == f"/books/{attempt}"
+        assert verify_with_cryptography(token, jwks) == verify(token, jwks)
+        if short >= 2:
+            break
+    assert short >= 2
+
+
+def test_the_independent_verifier_refuses_a_tampered_or_der_encoded_signature() -> None:
+    """The second verifier above can fail: a changed payload and a DER signature are refused."""
+    signing = signer()
+    token = signing.assertion(ALICE, "GET", "/books/1", time.time())
+    head, payload, signature = token.split(b".")
+    forged = head + b"." + b64url(b'{"sub":"mallory"}').encode() + b"." + signature
+    with pytest.raises(InvalidSignature):
+        verify_with_cryptography(forged, signing.jwks())
+    raw = base64.urlsafe_b64decode(signature + b"==")
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    with pytest.raises(AssertionError):
+        verify_with_cryptography(head + b"." + payload + b"." + b64url(der).encode(), signing.jwks())
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify(head + b"." + payload + b"." + b64url(der).encode(), signing.jwks())
 
 
 def test_an_anonymous_assertion_has_no_subject_and_says_so() -> None:
