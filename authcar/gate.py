@@ -36,6 +36,7 @@ from authcar.errors import (
     Unauthorized,
     send_error,
 )
+from authcar.exchange import Exchange
 from authcar.headers import TARGET_AUTHORITY_EXTENSION, Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.loglimit import LogLimiter
@@ -43,7 +44,6 @@ from authcar.observe import AccessEntry
 from authcar.paths import PublicPaths, normalise_path
 from authcar.policy import authorize
 from authcar.types import ASGIApp, Receive, Scope, Send
-from authcar.upstream import Exchange
 
 if TYPE_CHECKING:
     from authcar.app import Sidecar

@@ -18,13 +18,13 @@ import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from authcar.exchange import Exchange
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
     DEFAULT_MAX_HEADER_BYTES,
@@ -48,18 +48,6 @@ BODY_REFUSED_EXTENSION = "authcar.request_body_refused"
 
 class ClientGone(Exception):
     """The client went away before its request body was complete."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What happened on the upstream leg of one request, for the log line and metrics."""
-
-    status: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    upstream_seconds: float = 0.0
-    error: str = ""  # upstream error kind, if any
-    client_gone: bool = False
 
 
 class RequestBody:
