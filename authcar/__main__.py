@@ -11,7 +11,15 @@ from dataclasses import fields
 from typing import Any
 
 from authcar import __version__
-from authcar.config import ConfigError, LoadedSettings, Settings, env_name, load_settings, setting_docs
+from authcar.config import (
+    ConfigError,
+    LoadedSettings,
+    Problem,
+    Settings,
+    env_name,
+    load_settings,
+    setting_docs,
+)
 from authcar.policy.testing import add_policy_test_arguments
 
 
@@ -65,7 +73,7 @@ def load(args: argparse.Namespace) -> LoadedSettings:
     return load_settings(flags)
 
 
-def preflight(settings: Settings) -> tuple[list[str], list[str]]:
+def preflight(settings: Settings) -> tuple[list[Problem], list[Problem]]:
     """Checks that need more than the settings themselves: can the certificate, key and policy files
     be used? Returns the problems, and warnings about a policy that loads but likely misleads."""
     from authcar.assertion import AssertionKeyError, load_private_key_file
@@ -73,30 +81,36 @@ def preflight(settings: Settings) -> tuple[list[str], list[str]]:
     from authcar.policy.diagnostics import policy_warnings
     from authcar.policy.reload import load_policy
 
-    problems: list[str] = []
-    warnings: list[str] = []
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
     try:
         policy = load_policy(settings.policy_dir, settings.policy_role_prefix)
     except PolicyError as error:
-        problems.extend(f"{env_name('policy_dir')} ({settings.policy_dir}): {p}" for p in error.problems)
+        problems.extend(
+            Problem("policy_dir", f"{env_name('policy_dir')} ({settings.policy_dir}): {p}")
+            for p in error.problems
+        )
     else:
-        warnings = policy_warnings(policy, settings.public_paths, settings.policy_role_prefix)
+        found = policy_warnings(policy, settings.public_paths, settings.policy_role_prefix)
+        warnings = [Problem("policy_dir", text) for text in found]
     if settings.assertion_key_file is not None:
         try:
             load_private_key_file(settings.assertion_key_file)
         except AssertionKeyError as exc:
-            problems.append(f"{env_name('assertion_key_file')}: {exc}")
+            problems.append(Problem("assertion_key_file", f"{env_name('assertion_key_file')}: {exc}"))
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         from authcar.tls import CertificateStore, TLSConfigError
 
         try:
             CertificateStore(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
         except TLSConfigError as exc:
-            problems.append(f"TLS: {exc}")
+            problems.append(
+                Problem("tls_cert_file", f"TLS: {exc}", also=("tls_key_file", "tls_client_ca_file"))
+            )
     return problems, warnings
 
 
-def print_warnings(warnings: Sequence[str]) -> None:
+def print_warnings(warnings: Sequence[Problem]) -> None:
     for warning in warnings:
         print(f"authcar: warning: {warning}", file=sys.stderr)
 

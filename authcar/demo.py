@@ -174,7 +174,7 @@ def sidecar_settings(
             environ={},  # the demo is the same everywhere: AUTHCAR_* variables do not change it
         ).settings
     except ConfigError as error:
-        raise DemoError("; ".join(error.problems)) from None
+        raise DemoError("; ".join(error.messages)) from None
 
 
 @contextlib.asynccontextmanager

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from authcar.config import ConfigError, Settings, load_settings, setting
+from authcar.config import ConfigError, Problem, Settings, load_settings, setting
 from tests.idp import run_idp
 from tests.support.process import ALLOW_ALL_POLICY
 from tests.support.sidecar import start_sidecar
@@ -21,10 +22,14 @@ def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = No
     return load_settings(flags or {}, environ=env or {}).settings
 
 
+def messages(found: Iterable[Problem]) -> tuple[str, ...]:
+    return tuple(problem.message for problem in found)
+
+
 def problems_of(flags: dict[str, object] | None = None, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_settings(flags or {}, environ=env or {})
-    return caught.value.problems
+    return caught.value.messages
 
 
 def test_defaults_match_the_contract() -> None:
@@ -139,14 +144,14 @@ def test_kubernetes_service_links_do_not_break_the_port() -> None:
         },
     )
     assert loaded.settings.port == 4180
-    assert any("enableServiceLinks" in w for w in loaded.warnings)
-    assert not any("SERVICE_HOST" in w for w in loaded.warnings)
+    assert any("enableServiceLinks" in w for w in messages(loaded.warnings))
+    assert not any("SERVICE_HOST" in w for w in messages(loaded.warnings))
 
 
 def test_unknown_environment_variables_are_warned_about() -> None:
     loaded = load_settings({}, environ={"AUTHCAR_UPSTREAMM": "http://x"})
     # First; then the one that no issuer is configured.
-    assert loaded.warnings[0] == (
+    assert messages(loaded.warnings)[0] == (
         "ignoring unknown environment variable AUTHCAR_UPSTREAMM (did you mean AUTHCAR_UPSTREAM?)"
     )
 
@@ -168,13 +173,13 @@ def test_secrets_have_a_file_variant(tmp_path: Path) -> None:
             environ={"AUTHCAR_CLIENT_SECRET_FILE": str(secret), "AUTHCAR_CLIENT_SECRET": "x"},
             schema=SecretSettings,
         )
-    assert "both set" in both.value.problems[0]
+    assert "both set" in both.value.messages[0]
 
     with pytest.raises(ConfigError) as missing:
         load_settings(
             {}, environ={"AUTHCAR_CLIENT_SECRET_FILE": str(tmp_path / "nope")}, schema=SecretSettings
         )
-    assert "cannot read" in missing.value.problems[0]
+    assert "cannot read" in missing.value.messages[0]
 
 
 def authcar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -394,7 +399,7 @@ def test_allowing_any_audience_is_a_warning_not_a_problem(tmp_path: Path) -> Non
     own, partner = loaded.settings.all_issuers()
     assert (own.audience, own.allow_any_audience) == ((), True)
     assert (partner.audience, partner.allow_any_audience) == ((), True)
-    assert loaded.warnings == (
+    assert messages(loaded.warnings) == (
         f"AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE: issuer {ISSUER!r} accepts tokens minted for any client of its"
         " provider, as `aud` is not checked; set AUTHCAR_OIDC_AUDIENCE",
         "issuers[0].allow_any_audience: issuer 'https://b.example' accepts tokens minted for any client"
@@ -412,14 +417,14 @@ def test_allowing_any_audience_where_it_changes_nothing_is_pointed_out(tmp_path:
         },
     )
     assert with_audience.settings.all_issuers()[0].audience == ("api",)  # still checked
-    assert with_audience.warnings == (
+    assert messages(with_audience.warnings) == (
         "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE has no effect: AUTHCAR_OIDC_AUDIENCE is set",
     )
     config = yaml_issuers(tmp_path, "https://b.example\n    audience: [b-api]")
     without_env_issuer = load_settings(
         {}, environ={"AUTHCAR_CONFIG": config, "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "true"}
     )
-    assert without_env_issuer.warnings == (
+    assert messages(without_env_issuer.warnings) == (
         "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE has no effect without AUTHCAR_OIDC_ISSUER_URL"
         " (YAML issuers set allow_any_audience each)",
     )

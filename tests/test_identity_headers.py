@@ -20,16 +20,11 @@ import jwt
 import pytest
 
 from authcar.assertion import AssertionSigner
+from authcar.claim_headers import claim_header_problems, parse_claim_header, parse_claim_headers
 from authcar.config import Settings
 from authcar.errors import Forbidden
 from authcar.identity import ANONYMOUS, Identity
-from authcar.identity_headers import (
-    MAX_VALUE_BYTES,
-    IdentityHeaders,
-    claim_header_problems,
-    parse_claim_header,
-    parse_claim_headers,
-)
+from authcar.identity_headers import MAX_VALUE_BYTES, IdentityHeaders
 from tests.idp import IdP, run_idp
 from tests.support.rawhttp import RawResponse, request_bytes, send_raw
 from tests.support.sidecar import RunningSidecar, start_sidecar

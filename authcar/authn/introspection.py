@@ -44,12 +44,12 @@ import httpx
 from authcar.authn.fetch import PLAIN_ANSWER, UnreadableAnswer, read_bounded
 from authcar.authn.jwt import (
     DEFAULT_MAX_TOKEN_BYTES,
-    MAX_LEEWAY,
     Identify,
     TokenRejected,
     VerifiedToken,
     time_claim,
 )
+from authcar.jose import DEFAULT_LEEWAY, MAX_LEEWAY
 from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
 from authcar.loglimit import LogLimiter
 from authcar.store import MAX_TTL, Store, StoreUnavailable
@@ -189,7 +189,7 @@ class Introspector:
         negative_ttl: float = 10.0,
         max_concurrency: int = 16,
         timeout: float = 5.0,
-        leeway: float = 30.0,
+        leeway: float = DEFAULT_LEEWAY,
         on_call: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

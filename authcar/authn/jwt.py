@@ -40,8 +40,9 @@ from typing import Any, Protocol
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import PyJWTError
 
-from authcar.authn.keys import ASYMMETRIC_ALGORITHMS, KeySet
+from authcar.authn.keys import KeySet
 from authcar.identity import Identity
+from authcar.jose import ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, MAX_LEEWAY
 from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
 from authcar.loglimit import LogLimiter
 
@@ -49,7 +50,6 @@ log = logging.getLogger("authcar.authn")
 
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-MAX_LEEWAY = 300.0
 # pyjwt's implementations of the asymmetric algorithms: the only signature code authcar runs.
 SIGNATURE_ALGORITHMS = {
     name: algorithm for name, algorithm in get_default_algorithms().items() if name in ASYMMETRIC_ALGORITHMS
@@ -72,7 +72,7 @@ class IssuerPolicy:
     issuer: str
     audiences: frozenset[str]  # empty: `aud` is not checked (discouraged; check-config warns)
     algorithms: frozenset[str]
-    leeway: float = 30.0
+    leeway: float = DEFAULT_LEEWAY
     required_claims: tuple[str, ...] = ("exp", "iat", "sub")
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
 
 from authcar.authn.fetch import UnreadableAnswer, get_bounded
+from authcar.jose import EC_ALGORITHMS, RSA_ALGORITHMS
 from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
 
 log = logging.getLogger("authcar.keys")
@@ -44,10 +45,6 @@ FETCH_DEADLINE = 10.0  # seconds for a whole discovery or JWKS answer
 # above 8192 bits each token would cost a hundred times a normal check; FIPS 186-5 caps e at 2**256.
 RSA_BITS = range(2048, 8193)
 MAX_RSA_EXPONENT = 2**256
-
-RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
-ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(EC_ALGORITHMS.values()) | {"EdDSA"}
 
 
 class KeySetError(Exception):
