@@ -10,6 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authcar.errors import NotFound, error_response
+from authcar.headers import new_request_id
+
 if TYPE_CHECKING:
     from authcar.app import Sidecar
 
@@ -30,7 +33,8 @@ def build_admin_app(sidecar: Sidecar) -> Starlette:
         )
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": "not_found", "error_description": "no such endpoint"}, status_code=404)
+        # Admin requests have no request id of their own; an error body always carries one.
+        return error_response(NotFound(), new_request_id())
 
     return Starlette(
         routes=[

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from starlette.responses import Response
+
 from authcar.types import Headers, Send
 
 # RFC 6750 §3.1 error codes for the WWW-Authenticate challenge (not secrets).
@@ -90,7 +92,7 @@ class PolicyDenied(Forbidden):
 class NotFound(GatewayError):
     status = 404
     code = "not_found"
-    description = "no such endpoint"
+    description = "no such sidecar endpoint"
 
 
 class MethodNotAllowed(GatewayError):
@@ -196,6 +198,15 @@ async def send_error(send: Send, error: GatewayError, request_id: str, *, head: 
     )
     await send({"type": "http.response.body", "body": b"" if head else body})
     return 0 if head else len(body)
+
+
+def error_response(error: GatewayError, request_id: str) -> Response:
+    """The error as a Starlette response, for the sidecar's own Starlette apps (reserved, admin)."""
+    body = error_body(error, request_id)
+    headers = error_headers(error, body, request_id)
+    # The names are unique, so a dict loses nothing; with Content-Type and -Length given, Starlette
+    # adds neither.
+    return Response(body, error.status, {n.decode("latin-1"): v.decode("latin-1") for n, v in headers})
 
 
 def raw_error_response(error: GatewayError, request_id: str) -> bytes:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from authcar.assertion import AssertionSigner
+from authcar.errors import NotFound, error_response
+from authcar.headers import new_request_id
 
 JWKS_PATH = "/.well-known/authcar/jwks.json"
 # Verifiers cache the keys for a while and refetch on an unknown `kid` (a key generated at a restart):
@@ -34,13 +36,8 @@ def build_reserved_app(assertion_signer: AssertionSigner | None = None) -> Starl
         routes.append(Route(JWKS_PATH, jwks, methods=["GET"]))
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse(
-            {
-                "error": "not_found",
-                "error_description": "no such sidecar endpoint",
-                "request_id": request.headers.get("x-request-id", ""),
-            },
-            status_code=404,
-        )
+        # The gate put its request id in the scope (gate.with_request_id).
+        return error_response(NotFound(), request.headers.get("x-request-id") or new_request_id())
 
+    # Another method on a reserved path is as unknown as another path: 404 for both.
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

@@ -940,6 +940,34 @@ async def test_reserved_paths_answer_json_404_from_the_sidecar(
 
 
 @pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        *[(method, "/oauth2/nothing") for method in ("GET", "POST", "DELETE", "PUT")],
+        *[(method, "/.well-known/authcar/jwks.json") for method in ("POST", "DELETE", "PUT")],
+    ],
+)
+async def test_a_reserved_404_is_the_sidecars_error_body_byte_for_byte(
+    upstream: RunningUpstream, method: str, path: str
+) -> None:
+    """Unknown paths and other methods on known ones (Starlette's 404 and 405) answer the same JSON
+    404, rendered by authcar.errors: exact body, one request id, no challenge, never cached."""
+    async with start_sidecar(upstream.url) as sidecar:
+        response = await send_raw(
+            sidecar.port,
+            request_bytes(method, path, [("X-Request-Id", "trace-42"), ("Content-Length", "0")]),
+        )
+    assert response.status == 404
+    assert response.body == (
+        b'{"error":"not_found","error_description":"no such sidecar endpoint","request_id":"trace-42"}'
+    )
+    assert response.all("x-request-id") == ["trace-42"]
+    assert response.header("content-type") == "application/json"
+    assert response.header("cache-control") == "no-store"
+    assert response.header("www-authenticate") is None
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
     "path", ["/oauth2", "/oauth2x", "/oauth2x/y", "/.well-known/authcarx", "/api/oauth2/x"]
 )
 async def test_paths_next_to_reserved_ones_are_forwarded(

@@ -13,7 +13,10 @@ import pytest
 
 from authcar.observe import FLUSH_INTERVAL
 from tests.support.process import SidecarProcess, start_sidecar_process
+from tests.support.sidecar import RunningSidecar
 from tests.support.upstream_app import RunningUpstream
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 @pytest.fixture
@@ -28,6 +31,34 @@ def sidecar_process_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/nothing"), ("GET", "/api/v1/revocations"), ("POST", "/healthz"), ("DELETE", "/metrics")],
+)
+async def test_the_admin_listener_answers_unknown_paths_and_methods_with_the_json_error_body(
+    sidecar: RunningSidecar, method: str, path: str
+) -> None:
+    """Starlette's 404 and 405 on the admin listener are authcar's NotFound, with a fresh request id
+    (admin requests have none of their own), like every other error body."""
+    async with httpx.AsyncClient(base_url=sidecar.admin_url, timeout=10) as admin:
+        first = await admin.request(method, path)
+        second = await admin.request(method, path)
+        healthy = await admin.get("/healthz")
+    for response in (first, second):
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["cache-control"] == "no-store"
+        assert "www-authenticate" not in response.headers
+        assert response.json() == {
+            "error": "not_found",
+            "error_description": "no such sidecar endpoint",
+            "request_id": response.headers["x-request-id"],
+        }
+        assert UUID.fullmatch(response.headers["x-request-id"])
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert (healthy.status_code, healthy.json()) == (200, {"status": "ok"})
 
 
 async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
