@@ -4,6 +4,10 @@ Three parts: `settings` (what each setting is), `loading` (where values come fro
 secrets, unknown-variable warnings) and `validation` (whether they make sense, by concern). Every
 finding is a `Problem`; all of them are raised together in one ConfigError.
 
+A new setting: a field in `settings.py` (its help becomes `--help` and the README row that
+tests/test_docs.py requires), its checks in the `validation/` module of its concern (a new concern:
+a module and a line in `validation.VALIDATORS`), each returning Problems.
+
 Shared vocabulary for the whole sidecar: nothing here imports a pipeline stage
 (tests/config/test_layering.py holds it to that).
 """

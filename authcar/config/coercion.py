@@ -16,6 +16,14 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
 
+class InvalidEntries(ValueError):
+    """A list value with several bad entries: each is its own problem."""
+
+    def __init__(self, entries: list[str]) -> None:
+        super().__init__("; ".join(entries))
+        self.entries = entries
+
+
 def read_secret_file(path: Path) -> str:
     """A secret from a `*_FILE` path; OSError if unreadable."""
     # Secrets mounted from Kubernetes often end with a newline the owner never meant.
@@ -115,5 +123,5 @@ def coerce_issuers(value: Any) -> tuple[IssuerSettings, ...]:
             continue
         issuers.append(IssuerSettings(**values))
     if problems:
-        raise ValueError("; ".join(problems))
+        raise InvalidEntries(problems)
     return tuple(issuers)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from authcar.config.coercion import coerce, read_secret_file
+from authcar.config.coercion import InvalidEntries, coerce, read_secret_file
 from authcar.config.problems import ConfigError, Problem
 from authcar.config.settings import ENV_PREFIX, Settings, env_name, secret_names
 from authcar.config.validation import validate, validation_warnings
@@ -77,7 +77,8 @@ def load_settings(
             values[name] = coerce(value, hints[name])
         except ValueError as exc:
             unusable.add(name)
-            problems.append(Problem(name, f"{origin_name(name, source)}: {exc}"))
+            entries = exc.entries if isinstance(exc, InvalidEntries) else [str(exc)]
+            problems.extend(Problem(name, f"{origin_name(name, source)}: {text}") for text in entries)
 
     # Semantic checks run even after type errors (with defaults standing in for unusable values), so
     # one run reports everything; checks that depend on the unusable values would only mislead.

@@ -81,9 +81,13 @@ def test_problems_that_depend_on_an_unparsable_value_are_left_out() -> None:
     assert [(p.setting, p.message) for p in problems] == [
         ("port", "AUTHCAR_PORT: 'http' is not a whole number")
     ]
-    # Once both parse, the clash is reported, under both settings.
+    # Once both parse, the clash is reported, under both settings; not when neither is a port.
     (clash,) = found(env={"AUTHCAR_PORT": "4180", "AUTHCAR_ADMIN_PORT": "4180"})
     assert {"port", "admin_port"} <= clash.concerns
+    assert [p.setting for p in found(env={"AUTHCAR_PORT": "70000", "AUTHCAR_ADMIN_PORT": "70000"})] == [
+        "port",
+        "admin_port",
+    ]
     # An unparsable switch hides the audience problem it would decide.
     problems = found(
         env={"AUTHCAR_OIDC_ISSUER_URL": "https://idp.example", "AUTHCAR_OIDC_ALLOW_ANY_AUDIENCE": "?"}
@@ -122,3 +126,13 @@ def test_the_error_lists_every_message_once_in_the_order_found() -> None:
 
 def test_the_defaults_are_valid() -> None:
     assert validate(Settings()) == []
+
+
+def test_each_bad_entry_of_the_issuer_list_is_its_own_problem(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("issuers:\n  - audience: [x]\n    colour: blue\n  - 42\n")
+    assert [str(p) for p in found(env={"AUTHCAR_CONFIG": str(config)})] == [
+        "issuers (YAML): issuers[0]: unknown issuer setting 'colour'",
+        "issuers (YAML): issuers[0]: issuer_url is required",
+        "issuers (YAML): issuers[1]: expected a mapping with at least issuer_url",
+    ]

@@ -17,7 +17,7 @@ def validate_listener(s: Settings) -> list[Problem]:
         port = getattr(s, name)
         if not 0 <= port <= 65535:
             problems.append(problem(name, f"{port} is not a TCP port (0-65535)"))
-    if s.port == s.admin_port and s.port != 0 and s.host == s.admin_host:
+    if not problems and s.port == s.admin_port and s.port != 0 and s.host == s.admin_host:
         problems.append(
             Problem(
                 "admin_port",
