@@ -231,8 +231,10 @@ def compile_policy(model_text: str, policy_text: str, *, version: str) -> Compil
         except MatcherError as exc:
             problems.append(f"model: matcher: {exc}")
 
+    before = len(problems)
     rules, links = _read_policy(policy_text, policy_tokens, role_names, problems)
-    if not rules and not any("policy line" in problem for problem in problems):
+    # No rules because lines were refused: those lines are the problem, not an empty policy.
+    if not rules and len(problems) == before:
         problems.append("policy: no `p` rules (every request would be denied)")
     graphs = {name: RoleGraph(links.get(name, [])) for name in role_names}
     for name, graph in graphs.items():
