@@ -19,6 +19,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, is_hypothesis_test, settings
 
+# Real redis-server topologies (session-scoped, started on first use), for every test directory.
+from tests.support.redis_servers import redis_cluster, redis_sentinel, redis_server  # noqa: F401
 from tests.support.sidecar import RunningSidecar, start_sidecar
 from tests.support.upstream_app import RunningUpstream, serve_upstream
 

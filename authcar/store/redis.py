@@ -1,0 +1,279 @@
+"""The shared store: Redis (one server, a Sentinel-managed master, or a Cluster) through redis-py's
+asyncio client.
+
+Keys: every key is `<prefix>v<SCHEMA>:<key>` (default `authcar:v1:<key>`), so authcar's keys are
+recognisable on a shared server and a future change of value formats can move to `v2:` without
+reading old values. Values are stored as they are given (bytes) and always with an expiry (PX).
+
+Failures: every call runs under one deadline (`timeout`, AUTHCAR_REDIS_TIMEOUT) covering connecting,
+finding the Sentinel master, cluster redirections and the reply; the client itself does not retry
+(a retried INCR or SET NX whose first attempt did reach the server would count twice or refuse its
+own marker). Whatever goes wrong on the way, timeout, refused connection, failover in progress,
+READONLY, CLUSTERDOWN, out of memory, becomes `StoreUnavailable`; the next call connects afresh, so
+recovery needs no restart. Errors name the server with its password redacted.
+
+Atomic steps that one command cannot do are Lua scripts sent by SHA (EVALSHA), with the source sent
+once per server when it answers NOSCRIPT. Each script touches only the keys it is given, so in a
+Cluster it runs on the node that owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+
+from authcar.store.base import (
+    StoreUnavailable,
+    check_amount,
+    check_key,
+    check_ttl,
+    check_value,
+    ttl_millis,
+)
+from authcar.store.redis_url import RedisTarget, parse_redis_url
+
+SCHEMA = 1
+DEFAULT_PREFIX = "authcar:"
+DEFAULT_TIMEOUT = 0.25
+MAX_PREFIX_BYTES = 64
+# Commands in flight at once per store (per worker); more wait for a turn within their deadline
+# rather than failing at once as redis-py's pools do when full (or opening connections without end).
+MAX_CONNECTIONS = 64
+_PREFIX = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no space: it starts every key
+# What INCRBY says about a value that is not a 64-bit decimal, or a result outside 64 bits.
+_NOT_A_COUNTER = ("not an integer", "overflow", "WRONGTYPE")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1 (how Redis names a cached script; not a security use)."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest())
+
+
+# Create the counter with its TTL, or add to it keeping its TTL. The result is read back as a string:
+# Lua numbers are doubles and would round counters beyond 2^53.
+INCR = Script(
+    """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return ARGV[1] end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
+"""
+)
+# GET and DEL in one step, for servers before 6.2 (no GETDEL).
+TAKE = Script(
+    """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
+"""
+)
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """How to reach Redis: the URL and the settings that refine it (AUTHCAR_REDIS_*)."""
+
+    url: str = field(repr=False)
+    password: str | None = field(default=None, repr=False)  # overrides the URL's
+    ca_file: Path | None = None  # for rediss://; None: the system's CAs
+    key_prefix: str = DEFAULT_PREFIX
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        # Raises ValueError with a redacted message; `target` is derived, never given.
+        target = parse_redis_url(self.url)
+        if not _PREFIX.fullmatch(self.key_prefix):
+            raise ValueError(
+                f"the Redis key prefix must be 1 to {MAX_PREFIX_BYTES} printable ASCII characters "
+                f"without spaces, not {self.key_prefix[:80]!r}"
+            )
+        if isinstance(self.timeout, bool) or not (0 < self.timeout <= 60) or math.isnan(self.timeout):
+            raise ValueError(
+                f"the Redis timeout must be more than 0 and at most 60 seconds, not {self.timeout}"
+            )
+        if self.ca_file is not None and not target.tls:
+            raise ValueError(f"a Redis CA file needs a rediss:// URL, not {target}")
+
+    @property
+    def target(self) -> RedisTarget:
+        return parse_redis_url(self.url)
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, options: RedisOptions) -> None:
+        self.options = options
+        self.target = options.target
+        self.timeout = options.timeout
+        self._prefix = f"{options.key_prefix}v{SCHEMA}:"
+        self._password = options.password if options.password is not None else self.target.password
+        self._sentinel: Sentinel | None = None
+        self._client: Redis | RedisCluster = self._connect()
+        self._has_getdel = True  # until a server says GETDEL is an unknown command
+        self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.target}, prefix={self._prefix!r})"
+
+    def _connect(self) -> Redis | RedisCluster:
+        """The client for the topology. Nothing connects yet: connections open on first use."""
+        target, timeout = self.target, self.timeout
+        common: dict[str, Any] = {
+            "username": target.username,
+            "password": self._password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": MAX_CONNECTIONS,
+        }
+        if target.topology == "cluster":
+            nodes = [ClusterNode(host, port) for host, port in target.nodes]
+            return RedisCluster(startup_nodes=nodes, **common)
+        if target.topology == "sentinel":
+            assert target.master is not None
+            sentinel_kwargs = {
+                key: common[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")
+            }
+            self._sentinel = Sentinel(
+                list(target.nodes), sentinel_kwargs=sentinel_kwargs, db=target.db, **common
+            )
+            return self._sentinel.master_for(target.master)
+        host, port = target.nodes[0]
+        tls: dict[str, Any] = {}
+        if target.tls:
+            ca_file = self.options.ca_file
+            tls = {
+                "ssl": True,
+                "ssl_cert_reqs": "required",
+                "ssl_check_hostname": True,
+                "ssl_ca_certs": None if ca_file is None else str(ca_file),
+            }
+        return Redis(host=host, port=port, db=target.db, **common, **tls)
+
+    def key(self, key: str) -> str:
+        """The Redis key for a store key (checked by the caller)."""
+        return self._prefix + key
+
+    # --- the Store interface ----------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        check_key(key)
+        return await self._run("GET", lambda client: client.get(self.key(key)))
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        check_key(key)
+        check_value(value)
+        check_ttl(ttl)
+        await self._run("SET", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl)))
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        check_key(key)
+        check_value(value)
+        check_ttl(ttl)
+        stored = await self._run(
+            "SET NX", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl), nx=True)
+        )
+        return bool(stored)
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        await self._run("DEL", lambda client: client.delete(self.key(key)))
+
+    async def take(self, key: str) -> bytes | None:
+        check_key(key)
+        redis_key = self.key(key)
+        if self._has_getdel:
+            try:
+                return await self._run("GETDEL", lambda client: client.getdel(redis_key))
+            except StoreUnavailable as error:
+                if not isinstance(error.__cause__, ResponseError) or "unknown command" not in str(error):
+                    raise
+                self._has_getdel = False
+        return await self._run("take", lambda client: self._eval(client, TAKE, [redis_key], []))
+
+    async def incr(self, key: str, amount: int = 1, *, ttl: float) -> int:
+        check_key(key)
+        check_amount(amount)
+        check_ttl(ttl)
+        args = [str(amount), ttl_millis(ttl)]
+        result = await self._run("incr", lambda client: self._eval(client, INCR, [self.key(key)], args))
+        return int(result)
+
+    async def ttl(self, key: str) -> float | None:
+        check_key(key)
+        millis = await self._run("PTTL", lambda client: client.pttl(self.key(key)))
+        if millis == -2:
+            return None
+        return math.inf if millis == -1 else millis / 1000  # -1: written without expiry, not by authcar
+
+    async def ping(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            await self._run("PING", lambda client: client.ping(target_nodes=RedisCluster.PRIMARIES))
+        else:
+            await self._run("PING", lambda client: client.ping())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
+
+    # --- running a command ------------------------------------------------------------------------
+
+    async def _eval(
+        self, client: Redis | RedisCluster, script: Script, keys: list[str], args: list[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or restarted server: sending the source also caches it
+            return await client.eval(script.source, len(keys), *keys, *args)
+
+    async def _run(self, what: str, command: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one command under the deadline, turning every failure to reach Redis into
+        StoreUnavailable and a refused counter into ValueError."""
+        if self._closed:
+            raise StoreUnavailable("redis store is closed")
+        try:
+            async with asyncio.timeout(self.timeout), self._turns:
+                return await command(self._client)
+        except TimeoutError:
+            raise StoreUnavailable(f"redis {self.target}: {what} took more than {self.timeout:g}s") from None
+        except ResponseError as error:
+            if what == "incr" and any(sign in str(error) for sign in _NOT_A_COUNTER):
+                raise ValueError(
+                    f"the value is not a 64-bit decimal integer, or {what} would overflow it"
+                ) from None
+            raise self._unavailable(what, error) from error
+        except (RedisError, RedisClusterException, OSError) as error:
+            raise self._unavailable(what, error) from error
+
+    def _unavailable(self, what: str, error: BaseException) -> StoreUnavailable:
+        message = f"{type(error).__name__}: {error}"
+        if self._password:  # a server or library message must never carry the password on
+            message = message.replace(self._password, "***")
+        return StoreUnavailable(f"redis {self.target}: {what} failed: {message}")
