@@ -52,6 +52,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    while True:
+        port = free_port()
+        if port <= 65535 - 10000:
+            with socket.socket() as bus:
+                try:
+                    bus.bind((HOST, port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = START_TIMEOUT) -> T:
     """Poll `check` until it returns something other than None/False; its exceptions count as not yet."""
     deadline = time.monotonic() + timeout
@@ -68,6 +81,17 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = START_TI
     raise AssertionError(f"{what} within {timeout:g}s (last error: {last_error!r})")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server_args(self) -> list[str]:
+        files = ["--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key)]
+        return [*files, "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+
+
 @dataclass
 class RedisProcess:
     """One redis-server (or Sentinel) process on a fixed port, which it keeps across restarts."""
@@ -76,6 +100,8 @@ class RedisProcess:
     args: list[str]
     port: int = 0
     password: str | None = None
+    tls: TlsFiles | None = None  # serve TLS only, on `port`
+    pick_port: Callable[[], int] = free_port
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -87,8 +113,10 @@ class RedisProcess:
         binary = redis_server_binary()
         for _attempt in range(5):
             if not self.port:
-                self.port = free_port()
+                self.port = self.pick_port()
             fixed = ["--port", str(self.port), "--bind", HOST, "--dir", str(self.workdir)]
+            if self.tls is not None:
+                fixed[:2] = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
             quiet = ["--save", "", "--appendonly", "no", "--logfile", str(self.log_path)]
             self.process = subprocess.Popen(
                 [binary, *self.args, *fixed, *quiet],
@@ -115,8 +143,9 @@ class RedisProcess:
             return bool(client.ping())
 
     def client(self) -> redis.Redis:
+        tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
         return redis.Redis(
-            HOST, self.port, password=self.password, socket_timeout=5, socket_connect_timeout=5
+            HOST, self.port, password=self.password, socket_timeout=5, socket_connect_timeout=5, **tls
         )
 
     def stop(self) -> None:
@@ -153,7 +182,8 @@ class Standalone:
     @property
     def url(self) -> str:
         auth = f":{self.server.password}@" if self.server.password else ""
-        return f"redis://{auth}{HOST}:{self.server.port}/0"
+        scheme = "rediss" if self.server.tls else "redis"
+        return f"{scheme}://{auth}{HOST}:{self.server.port}/0"
 
     def flush(self) -> None:
         with self.server.client() as client:
@@ -164,9 +194,11 @@ class Standalone:
 
 
 @contextlib.contextmanager
-def standalone(workdir: Path, password: str | None = None) -> Iterator[Standalone]:
+def standalone(
+    workdir: Path, password: str | None = None, tls: TlsFiles | None = None
+) -> Iterator[Standalone]:
     args = ["--requirepass", password] if password else []
-    server = RedisProcess(workdir, args, password=password)
+    server = RedisProcess(workdir, args, password=password, tls=tls)
     try:
         server.start()
         yield Standalone(server)
@@ -278,11 +310,11 @@ class Cluster:
 def cluster(workdir: Path, masters: int = 3) -> Iterator[Cluster]:
     """`masters` cluster-enabled servers joined into one Cluster, the slots split evenly, no replicas
     (what `redis-cli --cluster create --cluster-replicas 0` does, through redis-py)."""
-    nodes = [RedisProcess(workdir, []) for _ in range(masters)]
+    nodes = [RedisProcess(workdir, [], pick_port=free_cluster_port) for _ in range(masters)]
     group = Cluster(nodes)
     try:
         for node in nodes:
-            node.port = free_port()
+            node.port = free_cluster_port()
             node.args = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{node.port}.conf"]
             node.args += ["--cluster-node-timeout", "5000"]
             node.start()
