@@ -20,6 +20,7 @@ Cluster it runs on the node that owns them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
@@ -33,6 +34,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from authcar.store.base import (
@@ -258,9 +260,10 @@ class RedisStore:
         StoreUnavailable and a refused counter into ValueError."""
         if self._closed:
             raise StoreUnavailable("redis store is closed")
+        client = self._client
         try:
             async with asyncio.timeout(self.timeout), self._turns:
-                return await command(self._client)
+                return await command(client)
         except TimeoutError:
             raise StoreUnavailable(f"redis {self.target}: {what} took more than {self.timeout:g}s") from None
         except ResponseError as error:
@@ -269,8 +272,35 @@ class RedisStore:
                     f"the value is not a 64-bit decimal integer, or {what} would overflow it"
                 ) from None
             raise self._unavailable(what, error) from error
-        except (RedisError, RedisClusterException, OSError) as error:
+        except RedisClusterException as error:
+            await self._replace_cluster_client(client)
             raise self._unavailable(what, error) from error
+        except (RedisError, OSError) as error:
+            if isinstance(error, RedisConnectionError | OSError):
+                await self._forget_idle_connections()
+            raise self._unavailable(what, error) from error
+
+    async def _replace_cluster_client(self, failed: Redis | RedisCluster) -> None:
+        """A Cluster client that found no node reachable, or a slot uncovered, can stay stuck in
+        that state (redis-py 5 drops the nodes it failed to reach from its startup list): start
+        again from the configured nodes. Only once for the calls that failed together."""
+        if self._client is not failed or self._closed:
+            return
+        self._client = self._connect()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout):
+                await failed.aclose()
+
+    async def _forget_idle_connections(self) -> None:
+        """After a lost connection, close the pool's idle ones too: they went to the same server and
+        most likely died with it (older redis-py hands out a connection closed by the server without
+        noticing). The next calls then connect afresh instead of each failing once. A Cluster client
+        replaces its node connections itself."""
+        if isinstance(self._client, RedisCluster):
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
 
     def _unavailable(self, what: str, error: BaseException) -> StoreUnavailable:
         message = f"{type(error).__name__}: {error}"
