@@ -7,6 +7,7 @@ the upstream or from secrets, so an error can never leak identity data or key ma
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from starlette.responses import Response
 
@@ -147,6 +148,83 @@ class GatewayTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     description = "the application did not answer in time"
+
+
+# The upstream leg. Each failure is raised as its own type where it is found (authcar.http1,
+# authcar.upstream); the status, code, description and Retry-After come from the client-facing class
+# it also is. `kind` labels authcar_upstream_errors_total and the access log's upstream_error.
+
+
+class UpstreamError(GatewayError):
+    """A failure talking to the application. `detail` is for logs and tests, never for the client."""
+
+    kind: ClassVar[str] = "other"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__()
+        self.detail = detail or self.description
+
+
+class UpstreamFailed(UpstreamError, BadGateway):
+    """Anything the other types do not name (a bug in forwarding, an unexpected exception)."""
+
+    kind = "other"
+    code = "upstream_error"
+    description = "the request could not be forwarded"
+
+
+class UpstreamConnectFailed(UpstreamError, BadGateway):
+    kind = "connect_failed"
+    code = "upstream_unavailable"
+    description = "cannot connect to the application"
+
+
+class UpstreamConnectTimeout(UpstreamError, BadGateway):
+    kind = "connect_timeout"
+    code = "upstream_connect_timeout"
+    description = "timed out connecting to the application"
+
+
+class UpstreamPoolExhausted(UpstreamError, ServiceUnavailable):
+    """Every pooled connection stayed busy: the sidecar's own limit, not the application's failure
+    to accept (that is UpstreamConnectTimeout). Passing, hence 503 with Retry-After."""
+
+    kind = "pool_exhausted"
+    code = "upstream_pool_exhausted"
+    description = "every connection to the application is busy"
+
+
+class UpstreamTimeout(UpstreamError, GatewayTimeout):
+    kind = "read_timeout"
+    code = "upstream_timeout"
+    description = "the application did not answer in time"
+
+
+class UpstreamReset(UpstreamError, BadGateway):
+    kind = "reset"
+    code = "upstream_reset"
+    description = "the application closed the connection"
+
+
+class UpstreamProtocolError(UpstreamError, BadGateway):
+    kind = "protocol"
+    code = "upstream_protocol_error"
+    description = "the application sent an invalid response"
+
+
+class UpstreamHeaderTooLarge(UpstreamError, BadGateway):
+    kind = "header_too_large"
+    code = "upstream_header_too_large"
+    description = "the application's response head is larger than allowed"
+
+
+class UpstreamWebSocketRejected(UpstreamError, BadGateway):
+    kind = "websocket_rejected"
+    code = "websocket_rejected"
+
+    def __init__(self, status: int) -> None:
+        self.description = f"the application refused the WebSocket (status {status})"
+        super().__init__()
 
 
 def bearer_challenge(error: str | None = None, description: str = "", **params: str) -> Headers:

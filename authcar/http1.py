@@ -14,12 +14,15 @@ What it does:
   interim responses skipped, trailers dropped, HEAD answered without waiting for a body;
 - caps the response head while it is parsed (`max_header_bytes` for the status line and headers of
   the final and any interim heads together, raw bytes counted while the head is incomplete, and
-  `max_header_count` fields): above either, the exchange fails as `header_too_large` and the
+  `max_header_count` fields): above either, the exchange fails (UpstreamHeaderTooLarge) and the
   connection is closed, never pooled;
 - applies back-pressure both ways: reading pauses while the consumer lags, writing awaits drain;
 - times out connecting (`connect_timeout`) and silence while answering (`read_timeout`);
 - retries only an idempotent, body-less request whose *reused* connection closed before a single
   response byte arrived: the upstream dropped an idle connection, it never saw the request.
+
+Each failure is raised as its own authcar.errors.UpstreamError type where it is found, already the
+error the client gets.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from authcar.errors import (
+    UpstreamConnectFailed,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamHeaderTooLarge,
+    UpstreamPoolExhausted,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+
 READ_HIGH_WATER = 256 * 1024  # buffered response bytes that pause reading from the upstream
 READ_LOW_WATER = 64 * 1024
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # AUTHCAR_UPSTREAM_MAX_HEADER_BYTES
@@ -41,15 +55,6 @@ DEFAULT_MAX_HEADER_COUNT = 1000
 # ends the same head (one of each per head), so that a head's size is exactly its bytes on the wire.
 STATUS_LINE_OVERHEAD = len(b"HTTP/1.1 200 \r\n") + len(b"\r\n")
 RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})  # TRACE is refused before forwarding
-
-
-class UpstreamError(Exception):
-    """A failure talking to the upstream; `kind` names it for metrics and error mapping."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(detail or kind)
-        # connect_failed, connect_timeout, pool_exhausted, read_timeout, reset, protocol, header_too_large
-        self.kind = kind
 
 
 class HeadTooLarge(Exception):
@@ -95,7 +100,7 @@ class Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:  # also what a callback raised (HeadTooLarge)
-            self.fail(UpstreamError("protocol", f"invalid response from the upstream: {exc}"))
+            self.fail(UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
             self.abort()
             return
         # A head still incomplete after this many bytes cannot fit: stop buffering it.
@@ -113,7 +118,7 @@ class Connection(asyncio.Protocol):
             if self.headers_done and self.eof_delimited():
                 self.on_message_complete()  # the body was delimited by the close itself
             else:
-                self.fail(UpstreamError("reset", "the upstream closed the connection"))
+                self.fail(UpstreamReset("the upstream closed the connection"))
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
         self.pool.forget(self)
@@ -158,7 +163,7 @@ class Connection(asyncio.Protocol):
             raise HeadTooLarge
 
     def head_too_large(self, detail: str) -> None:
-        self.fail(UpstreamError("header_too_large", f"the upstream's response head has {detail}"))
+        self.fail(UpstreamHeaderTooLarge(f"the upstream's response head has {detail}"))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
@@ -277,7 +282,7 @@ class Connection(asyncio.Protocol):
             return  # nothing is awaited from the upstream now (a slow upload is the client's pace)
         silent = self.loop.time() - self.last_activity
         if silent >= self.pool.read_timeout:
-            self.fail(UpstreamError("read_timeout", "the upstream did not answer in time"))
+            self.fail(UpstreamTimeout("the upstream did not answer in time"))
             self.abort()
         else:
             self.arm_timer(self.pool.read_timeout - silent)
@@ -306,13 +311,13 @@ class Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.closed:
-            raise UpstreamError("reset", "the upstream closed the connection")
+            raise UpstreamReset("the upstream closed the connection")
         self.last_activity = self.loop.time()
         self.transport.write(data)
 
     async def drain(self) -> None:
         if self.closed:
-            raise UpstreamError("reset", "the upstream closed the connection")
+            raise UpstreamReset("the upstream closed the connection")
         if self.write_paused:
             self.drain_waiter = self.loop.create_future()
             try:
@@ -320,7 +325,7 @@ class Connection(asyncio.Protocol):
             finally:
                 self.drain_waiter = None
             if self.closed:
-                raise UpstreamError("reset", "the upstream closed the connection")
+                raise UpstreamReset("the upstream closed the connection")
 
     def reusable(self) -> bool:
         return (
@@ -447,7 +452,7 @@ class ConnectionPool:
                 return await self.exchange(connection, head, method == b"HEAD", body, chunked)
             except UpstreamError as exc:
                 self.release(connection)
-                if retry and reused and exc.kind == "reset" and not connection.received_any:
+                if retry and reused and isinstance(exc, UpstreamReset) and not connection.received_any:
                     retry = False  # once: the next connection is a fresh one or just as stale
                     continue
                 raise
@@ -518,8 +523,8 @@ class ConnectionPool:
                 await asyncio.wait_for(waiter, max(0.0, deadline - now))
             except TimeoutError:
                 # Every pooled connection stayed busy: the sidecar's limit, not the application's
-                # failure to accept (that is connect_timeout).
-                raise UpstreamError("pool_exhausted", "no free upstream connection in time") from None
+                # failure to accept (that is UpstreamConnectTimeout).
+                raise UpstreamPoolExhausted("no free upstream connection in time") from None
             finally:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
@@ -537,13 +542,9 @@ class ConnectionPool:
                 self.connect_timeout,
             )
         except TimeoutError:
-            raise UpstreamError(
-                "connect_timeout", f"timed out connecting to {self.host}:{self.port}"
-            ) from None
+            raise UpstreamConnectTimeout(f"timed out connecting to {self.host}:{self.port}") from None
         except OSError as exc:
-            raise UpstreamError(
-                "connect_failed", f"cannot connect to {self.host}:{self.port}: {exc}"
-            ) from None
+            raise UpstreamConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         self.connections_made += 1
         return connection
 

@@ -23,7 +23,19 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from authcar.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from authcar.errors import (
+    BadGateway,
+    GatewayError,
+    PayloadTooLarge,
+    UpstreamConnectFailed,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamWebSocketRejected,
+)
 from authcar.exchange import Exchange
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
@@ -31,7 +43,6 @@ from authcar.http1 import (
     DEFAULT_MAX_HEADER_COUNT,
     ConnectionPool,
     Response,
-    UpstreamError,
 )
 from authcar.types import Receive, Scope, Send
 
@@ -216,10 +227,12 @@ class Upstream:
                 content_length=framed.content_length,
                 chunked=framed.chunked,
             )
-        except GatewayError:
-            raise
-        except Exception as exc:
+        except UpstreamError as exc:
             raise self.request_failure(exc, body, exchange) from None
+        except GatewayError:
+            raise  # the client's body was refused (too large): that is the answer
+        except Exception as exc:
+            raise self.request_failure(upstream_failure(exc), body, exchange) from None
         exchange.upstream_seconds = time.perf_counter() - started
         exchange.bytes_in = body.received if body is not None else 0
         try:
@@ -228,9 +241,10 @@ class Upstream:
             response.release()
 
     def request_failure(
-        self, exc: BaseException, body: RequestBody | None, exchange: Exchange
+        self, failure: UpstreamError, body: RequestBody | None, exchange: Exchange
     ) -> GatewayError:
-        """Name what went wrong before the upstream answered, as the error the client gets."""
+        """What went wrong before the upstream answered, as the error the client gets: the client's
+        body first (the upstream leg may have failed only because the body did)."""
         if body is not None and body.too_large:
             exchange.error = "body_too_large"
             return PayloadTooLarge()
@@ -241,9 +255,8 @@ class Upstream:
             exchange.error = "client_gone"
             exchange.client_gone = True
             return BadGateway("the client disconnected", code="client_closed_request")
-        kind, error = classify(exc)
-        exchange.error = kind
-        return error
+        exchange.error = failure.kind
+        return failure
 
     async def relay_response(
         self,
@@ -266,10 +279,8 @@ class Upstream:
         except InvalidResponseHeader:
             # Checked before anything is sent, while a 502 can still be answered.
             response.close()
-            exchange.error = "protocol"
-            raise BadGateway(
-                "the application sent an invalid response", code="upstream_protocol_error"
-            ) from None
+            exchange.error = UpstreamProtocolError.kind
+            raise UpstreamProtocolError("an invalid status or response header") from None
         exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if not has_body or scope["method"] == "HEAD":
@@ -299,7 +310,7 @@ class Upstream:
                 exchange.client_gone = True
                 return
             # Mid-stream: the status line is out, so the only honest signal left is a broken connection.
-            exchange.error = classify(exc)[0] + "_mid_stream"
+            exchange.error = upstream_failure(exc).kind + "_mid_stream"
             response.close()
             return
         finally:
@@ -333,14 +344,12 @@ class Upstream:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
             )
         except aiohttp.WSServerHandshakeError as exc:
-            exchange.error = "websocket_rejected"
-            raise BadGateway(
-                f"the application refused the WebSocket (status {exc.status})", code="websocket_rejected"
-            ) from None
+            exchange.error = UpstreamWebSocketRejected.kind
+            raise UpstreamWebSocketRejected(exc.status) from None
         except Exception as exc:
-            kind, error = classify(exc)
-            exchange.error = kind
-            raise error from None
+            failure = upstream_failure(exc)
+            exchange.error = failure.kind
+            raise failure from None
         exchange.upstream_seconds = time.perf_counter() - started
         async with ws:
             try:
@@ -416,44 +425,27 @@ async def upstream_to_client(ws: aiohttp.ClientWebSocketResponse, send: Send, ex
             return
 
 
-UPSTREAM_ERRORS: dict[str, tuple[type[GatewayError], str, str]] = {
-    "connect_failed": (BadGateway, "cannot connect to the application", "upstream_unavailable"),
-    "connect_timeout": (BadGateway, "timed out connecting to the application", "upstream_connect_timeout"),
-    "pool_exhausted": (
-        ServiceUnavailable,
-        "every connection to the application is busy",
-        "upstream_pool_exhausted",
-    ),
-    "read_timeout": (GatewayTimeout, "the application did not answer in time", "upstream_timeout"),
-    "reset": (BadGateway, "the application closed the connection", "upstream_reset"),
-    "protocol": (BadGateway, "the application sent an invalid response", "upstream_protocol_error"),
-    "header_too_large": (
-        BadGateway,
-        "the application's response head is larger than allowed",
-        "upstream_header_too_large",
-    ),
-}
-
-
-def classify(exc: BaseException) -> tuple[str, GatewayError]:
-    """Map a client-side failure to (metric kind, error for the client)."""
+def upstream_failure(exc: BaseException) -> UpstreamError:
+    """The failure type for what forwarding raised: the pool's own errors are typed already; aiohttp
+    (WebSockets) and the rest are named here. The order matters: aiohttp's connect timeout is also
+    a timeout, and its connector error also an OSError."""
     if isinstance(exc, UpstreamError):
-        error_type, description, code = UPSTREAM_ERRORS[exc.kind]
-        return exc.kind, error_type(description, code=code)
+        return exc
+    detail = f"{exc.__class__.__name__}: {exc}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect_timeout", BadGateway(
-            "timed out connecting to the application", code="upstream_connect_timeout"
-        )
+        return UpstreamConnectTimeout(detail)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return "read_timeout", GatewayTimeout()
+        return UpstreamTimeout(detail)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect_failed", BadGateway("cannot connect to the application", code="upstream_unavailable")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
-        return "reset", BadGateway("the application closed the connection", code="upstream_reset")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "reset", BadGateway("the application's answer was cut short", code="upstream_reset")
+        return UpstreamConnectFailed(detail)
+    if isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientOSError
+        | ConnectionError
+        | aiohttp.ClientPayloadError,
+    ):
+        return UpstreamReset(detail)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return "protocol", BadGateway(
-            "the application sent an invalid response", code="upstream_protocol_error"
-        )
-    return "other", BadGateway("the request could not be forwarded", code="upstream_error")
+        return UpstreamProtocolError(detail)
+    return UpstreamFailed(detail)

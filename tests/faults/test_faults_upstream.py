@@ -2,8 +2,9 @@
 
 One sidecar process (authcar run, a token from a static JWKS) sits in front of one MisbehavingUpstream
 for the whole module; each test switches the upstream into a fault, checks the documented answer
-(README's error table, UPSTREAM_ERRORS), that no POST was sent twice and no error leaks the caller's
-identity, then switches the fault off and checks the *same* process serves again.
+(README's error table, the Upstream* types in authcar/errors.py), that no POST was sent twice and
+no error leaks the caller's identity, then switches the fault off and checks the *same* process
+serves again.
 """
 
 from __future__ import annotations
