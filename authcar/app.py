@@ -20,7 +20,8 @@ from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
 from authcar.policy.reload import PolicySource
 from authcar.reserved import build_reserved_app
-from authcar.store import MemoryStore, Store
+from authcar.store import Store
+from authcar.store.setup import store_from_settings, store_readiness
 from authcar.tls import CertificateStore
 from authcar.upstream import Upstream
 
@@ -72,9 +73,9 @@ class Sidecar:
         self.idp_http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=3.0), follow_redirects=False, headers={"User-Agent": "authcar"}
         )
-        # State with TTLs (introspection results; later sessions and rate limits). In this process's
-        # memory: a Redis backend shared by the replicas arrives with the shared-state work.
-        self.store: Store = MemoryStore()
+        # State with TTLs (introspection results; later sessions and rate limits): Redis, shared by
+        # every replica, when AUTHCAR_REDIS_URL is set, else this process's memory.
+        self.store: Store = store_from_settings(settings)
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
         self.policy = PolicySource(settings.policy_dir, self.metrics, role_prefix=settings.policy_role_prefix)
         self.policy.load_initial()
@@ -129,4 +130,5 @@ class Sidecar:
         checks["upstream"] = {"ok": problem is None, **({"detail": problem} if problem else {})}
         if self.tls is not None:
             checks["tls"] = self.tls.readiness()
+        checks["store"] = await store_readiness(self.store)
         return checks

@@ -49,10 +49,7 @@ def test_every_test_the_security_model_names_exists() -> None:
 
 # Names the docs may mention that are not settings, on purpose, each with why. Prefer fixing the
 # docs: a name here is one a reader could set to no effect.
-NOT_SETTINGS = {
-    # CONTRACT's name for the shared-state work; the README says authcar ignores it until then.
-    "AUTHCAR_REDIS_URL": "README.md",
-}
+NOT_SETTINGS: dict[str, str] = {}
 
 
 def mentioned_setting_names() -> dict[str, list[str]]:

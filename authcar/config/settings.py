@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from authcar.jose import DEFAULT_LEEWAY, MAX_LEEWAY
+from authcar.redis_url import DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT
 
 ENV_PREFIX = "AUTHCAR_"
 
@@ -225,6 +226,22 @@ class Settings:
         # ~78 KiB with a 64 KiB body being buffered (bench/parked.py): ~80 MiB per worker at most.
         1024,
         "client connections one worker holds at once; more wait in the listen backlog",
+    )
+
+    redis_url: str | None = setting(
+        None,
+        "shared state for every replica: redis://, rediss:// (TLS), redis+sentinel://host:26379/<master>"
+        " or redis+cluster://host:6379,...; unset: each worker keeps its state in memory",
+    )
+    redis_password: str | None = setting(
+        None, "Redis password, overriding the URL's (or AUTHCAR_REDIS_PASSWORD_FILE)", secret=True
+    )
+    redis_ca_file: Path | None = setting(None, "CA bundle for rediss:// (default: the system's CAs)")
+    redis_key_prefix: str = setting(
+        DEFAULT_KEY_PREFIX, "every key authcar writes in Redis starts with it (then the schema version, v1:)"
+    )
+    redis_timeout: float = setting(
+        DEFAULT_TIMEOUT, "seconds a Redis call may take before it counts as failed (connecting included)"
     )
 
     shutdown_delay: float = setting(

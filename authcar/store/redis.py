@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
+from authcar.redis_url import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_TIMEOUT,
+    RedisTarget,
+    check_key_prefix,
+    check_timeout,
+    parse_redis_url,
+)
 from authcar.store.base import (
     StoreUnavailable,
     check_amount,
@@ -45,16 +52,11 @@ from authcar.store.base import (
     check_value,
     ttl_millis,
 )
-from authcar.store.redis_url import RedisTarget, parse_redis_url
 
 SCHEMA = 1
-DEFAULT_PREFIX = "authcar:"
-DEFAULT_TIMEOUT = 0.25
-MAX_PREFIX_BYTES = 64
 # Commands in flight at once per store (per worker); more wait for a turn within their deadline
 # rather than failing at once as redis-py's pools do when full (or opening connections without end).
 MAX_CONNECTIONS = 64
-_PREFIX = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no space: it starts every key
 # What INCRBY says about a value that is not a 64-bit decimal, or a result outside 64 bits.
 _NOT_A_COUNTER = ("not an integer", "overflow", "WRONGTYPE")
 
@@ -98,21 +100,20 @@ class RedisOptions:
     url: str = field(repr=False)
     password: str | None = field(default=None, repr=False)  # overrides the URL's
     ca_file: Path | None = None  # for rediss://; None: the system's CAs
-    key_prefix: str = DEFAULT_PREFIX
+    key_prefix: str = DEFAULT_KEY_PREFIX
     timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
         # Raises ValueError with a redacted message; `target` is derived, never given.
         target = parse_redis_url(self.url)
-        if not _PREFIX.fullmatch(self.key_prefix):
-            raise ValueError(
-                f"the Redis key prefix must be 1 to {MAX_PREFIX_BYTES} printable ASCII characters "
-                f"without spaces, not {self.key_prefix[:80]!r}"
-            )
-        if isinstance(self.timeout, bool) or not (0 < self.timeout <= 60) or math.isnan(self.timeout):
-            raise ValueError(
-                f"the Redis timeout must be more than 0 and at most 60 seconds, not {self.timeout}"
-            )
+        for name, check, value in (
+            ("key prefix", check_key_prefix, self.key_prefix),
+            ("timeout", check_timeout, self.timeout),
+        ):
+            try:
+                check(value)  # type: ignore[operator]
+            except ValueError as error:
+                raise ValueError(f"the Redis {name} {error}") from None
         if self.ca_file is not None and not target.tls:
             raise ValueError(f"a Redis CA file needs a rediss:// URL, not {target}")
 

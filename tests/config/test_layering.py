@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # What authcar.config may load besides itself: vocabulary that knows no request, token or policy.
-# headers and paths hold header-name sets and path syntax (they import only errors and types).
+# headers and paths hold header-name sets and path syntax (they import only errors and types);
+# redis_url the Redis URL syntax and setting rules (it imports nothing of authcar).
 VOCABULARY = {
     "authcar",
     "authcar.claim_headers",
@@ -19,6 +20,7 @@ VOCABULARY = {
     "authcar.headers",
     "authcar.jose",
     "authcar.paths",
+    "authcar.redis_url",
     "authcar.types",
 }
 

@@ -16,12 +16,13 @@ from authcar.config.validation.introspection import validate_introspection
 from authcar.config.validation.issuers import issuer_warnings, validate_issuers
 from authcar.config.validation.limits import validate_limits
 from authcar.config.validation.listener import validate_listener
+from authcar.config.validation.store import store_warnings, validate_store
 from authcar.config.validation.upstream import validate_upstream
 
 Validator = Callable[[Settings], list[Problem]]
 
 # In the order an operator reads a configuration: where it listens, what it protects, who is
-# trusted, what is allowed, how much of everything.
+# trusted, what is allowed, how much of everything, where shared state lives.
 VALIDATORS: tuple[Validator, ...] = (
     validate_listener,
     validate_upstream,
@@ -29,8 +30,9 @@ VALIDATORS: tuple[Validator, ...] = (
     validate_introspection,
     validate_authorization,
     validate_limits,
+    validate_store,
 )
-WARNINGS: tuple[Validator, ...] = (issuer_warnings,)
+WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings)
 
 
 def validate(s: Settings) -> list[Problem]:

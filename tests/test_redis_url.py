@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from authcar.redis_url import RedisTarget, parse_redis_url, redact_url
 from authcar.store.redis import RedisOptions
-from authcar.store.redis_url import RedisTarget, parse_redis_url, redact_url
 
 
 @pytest.mark.parametrize(

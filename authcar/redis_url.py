@@ -1,4 +1,6 @@
-"""AUTHCAR_REDIS_URL, parsed into where and how to connect, and redacted for anything that prints it.
+"""AUTHCAR_REDIS_URL, parsed into where and how to connect and redacted for anything that prints it,
+and the rules for the settings around it. Shared vocabulary: the configuration checks settings with
+it and the Redis store connects with it, and it imports nothing of authcar.
 
     redis://[user:pass@]host[:port][/db]                     one server (port 6379)
     rediss://[user:pass@]host[:port][/db]                    the same over TLS
@@ -25,6 +27,11 @@ SCHEMES: dict[str, tuple[Topology, bool, int]] = {  # scheme -> (topology, TLS, 
     "redis+sentinel": ("sentinel", False, 26379),
     "redis+cluster": ("cluster", False, 6379),
 }
+DEFAULT_KEY_PREFIX = "authcar:"
+DEFAULT_TIMEOUT = 0.25
+MAX_TIMEOUT = 60.0
+MAX_KEY_PREFIX_BYTES = 64
+_KEY_PREFIX = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no space: it starts every key
 # Redis's default `databases` is 16; a server configured with more accepts higher numbers.
 MAX_DB = 1_000_000
 _HOST = re.compile(r"\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+)")
@@ -149,3 +156,15 @@ def _db(text: str) -> int:
     if not text.isdigit() or int(text) > MAX_DB:
         raise ValueError(f"the database must be a number from 0, not {text!r}")
     return int(text)
+
+
+def check_key_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or not _KEY_PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"must be 1 to {MAX_KEY_PREFIX_BYTES} printable ASCII characters, no spaces, not {prefix!r:.80}"
+        )
+
+
+def check_timeout(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_TIMEOUT:
+        raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {seconds!r}")

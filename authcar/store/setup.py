@@ -1,0 +1,40 @@
+"""The store the settings ask for, and what readiness says about it.
+
+Readiness reports the store but never fails because of it: every replica shares one Redis, so a
+failing check would take every pod out of the Service at once, while each use of the store already
+has its own answer for an outage (docs/decisions.md, "The shared store"). The same reasoning keeps
+a failed policy reload green (decision 12).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authcar.config import Settings
+from authcar.store.base import Store, StoreUnavailable
+from authcar.store.memory import MemoryStore
+from authcar.store.redis import RedisOptions, RedisStore
+
+
+def store_from_settings(settings: Settings) -> Store:
+    """Redis when AUTHCAR_REDIS_URL is set, else this process's memory. Connects on first use."""
+    if settings.redis_url is None:
+        return MemoryStore()
+    options = RedisOptions(
+        settings.redis_url,
+        password=settings.redis_password,
+        ca_file=settings.redis_ca_file,
+        key_prefix=settings.redis_key_prefix,
+        timeout=settings.redis_timeout,
+    )
+    return RedisStore(options)
+
+
+async def store_readiness(store: Store) -> dict[str, Any]:
+    """The `store` entry of /readyz: which backend, and whether it answers right now."""
+    where = str(store.target) if isinstance(store, RedisStore) else "this process's memory"
+    try:
+        await store.ping()
+    except StoreUnavailable as error:
+        return {"ok": True, "backend": store.name, "reachable": False, "detail": str(error)}
+    return {"ok": True, "backend": store.name, "reachable": True, "detail": where}
