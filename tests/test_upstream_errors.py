@@ -103,8 +103,7 @@ def test_every_kind_is_a_documented_metric_label() -> None:
     ]
     labels = set(re.findall(r"`([a-z_]+)`", row))
     kinds = {t.kind for t in all_subclasses(UpstreamError)}
-    # "other" (UpstreamFailed) is a bug's label: not yet in the documented list.
-    assert kinds - {"other"} <= labels
+    assert kinds <= labels
 
 
 @pytest.mark.parametrize(
