@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import httpx
 import jwt
@@ -19,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.idp import ENDPOINTS, IdP, idp_process, run_idp
+from tests.idp.relying_party import relying_party
 
 AUTH = ("authcar", "authcar-secret")
 ALGS = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
@@ -517,6 +521,234 @@ async def test_logout_ends_the_session_and_redirects(idp: IdP, http: httpx.Async
 
     elsewhere = {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": "https://evil.example/"}
     assert (await http.get(idp.end_session_endpoint, params=elsewhere)).status_code == 400
+
+
+async def test_logout_checks_the_hint_and_the_registered_post_logout_uris(
+    idp: IdP, http: httpx.AsyncClient
+) -> None:
+    idp.register_client("authcar", "authcar-secret", post_logout_redirect_uris=["http://127.0.0.1:4180/bye"])
+    tokens = await log_in(http, idp)
+    sid = verify(tokens["id_token"], await fetch_jwks(http, idp), idp, audience="authcar")["sid"]
+    refused = {
+        "an access token as the hint": {"id_token_hint": tokens["access_token"]},
+        "a forged hint": {"id_token_hint": idp.mint({"typ": "ID"}, unpublished_key=True)},
+        "another client's hint": {"id_token_hint": tokens["id_token"], "client_id": "other"},
+        # a login redirect URI is not a post-logout one once post-logout URIs are registered
+        "a login redirect URI": {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": REDIRECT},
+        "no client to check against": {"post_logout_redirect_uri": "http://127.0.0.1:4180/bye"},
+    }
+    for case, params in refused.items():
+        response = await http.get(idp.end_session_endpoint, params=params)
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_request"), case
+    assert sid not in idp.ended_sessions  # a refused logout ends nothing
+    assert (await introspect(http, idp, tokens["access_token"]))["active"] is True
+
+    params = {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": "http://127.0.0.1:4180/bye"}
+    response = await http.post(idp.end_session_endpoint, data=params)
+    assert (response.status_code, response.headers["location"]) == (302, "http://127.0.0.1:4180/bye")
+    assert sid in idp.ended_sessions
+    plain = await http.get(idp.end_session_endpoint)  # no hint, no redirect: a page, as Keycloak's
+    assert (plain.status_code, plain.text) == (200, "logged out")
+
+
+async def test_short_access_token_lifetimes_and_refresh_after_expiry(
+    idp: IdP, http: httpx.AsyncClient
+) -> None:
+    idp.token_lifetime = 1
+    tokens = await log_in(http, idp)
+    assert tokens["expires_in"] == 1
+    claims = verify(tokens["access_token"], await fetch_jwks(http, idp), idp, options={"verify_exp": False})
+    assert claims["exp"] - claims["iat"] == 1
+    deadline = time.monotonic() + 10
+    while (await introspect(http, idp, tokens["access_token"]))["active"]:
+        assert time.monotonic() < deadline, "a 1 s access token stayed active for 10 s"
+        await asyncio.sleep(0.2)
+    form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    refreshed = await http.post(idp.token_endpoint, data=form, auth=AUTH)
+    assert refreshed.status_code == 200, refreshed.text
+    assert (await introspect(http, idp, refreshed.json()["access_token"]))["active"] is True
+    idp.end_session(claims["sid"])  # an ended session refreshes no more
+    again = {"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"]}
+    assert (await http.post(idp.token_endpoint, data=again, auth=AUTH)).status_code == 400
+
+
+# -- the sign-in page
+
+
+def sign_in_query(verifier: str, **params: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": "authcar",
+        "redirect_uri": REDIRECT,
+        "state": 'state-<1>&"',
+        "nonce": "nonce-1",
+        "scope": "openid email",
+        "code_challenge": b64url(hashlib.sha256(verifier.encode()).digest()),
+        "code_challenge_method": "S256",
+        **params,
+    }
+
+
+def hidden_fields(page: str) -> dict[str, str]:
+    fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page)
+    return {html.unescape(name): html.unescape(value) for name, value in fields}
+
+
+async def test_interactive_sign_in_page_lists_the_users_and_its_form_completes_the_flow(
+    idp: IdP, http: httpx.AsyncClient
+) -> None:
+    idp.interactive = True
+    verifier = secrets.token_urlsafe(48)
+    page = await http.get(idp.authorization_endpoint, params=sign_in_query(verifier))
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert re.findall(r'data-user="(\w+)"', page.text) == ["alice", "bob", "carol"]
+    assert "<1>" not in page.text  # the request is escaped into the page, never markup
+    form = hidden_fields(page.text)
+    assert form == sign_in_query(verifier)
+    assert f'action="{idp.authorization_endpoint}"' in page.text
+
+    chosen = await http.post(idp.authorization_endpoint, data={**form, "user": "bob"})
+    assert chosen.status_code == 303  # the browser follows with a GET
+    location = urlsplit(chosen.headers["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    answer = dict(parse_qsl(location.query))
+    assert pick(answer, "state", "iss") == {"state": form["state"], "iss": idp.issuer}
+    tokens = (await code_grant(http, idp, answer["code"], verifier)).json()
+    jwks = await fetch_jwks(http, idp)
+    id_token = verify(tokens["id_token"], jwks, idp, audience="authcar")
+    assert pick(id_token, "sub", "nonce", "email") == {
+        "sub": "bob",
+        "nonce": "nonce-1",
+        "email": "bob@example.com",
+    }
+    assert verify(tokens["access_token"], jwks, idp)["realm_access"] == {"roles": ["editor"]}
+    assert idp.sessions_of("bob") == [id_token["sid"]]
+
+
+async def test_sign_in_page_refusals(idp: IdP, http: httpx.AsyncClient) -> None:
+    idp.interactive = True
+    verifier = secrets.token_urlsafe(48)
+    form = sign_in_query(verifier)
+    # Requests that cannot be signed in to get no page: an error back to the client, or none at all.
+    plain = await http.get(idp.authorization_endpoint, params={**form, "code_challenge_method": "plain"})
+    assert plain.status_code == 302
+    assert dict(parse_qsl(urlsplit(plain.headers["location"]).query))["error"] == "invalid_request"
+    evil = await http.get(
+        idp.authorization_endpoint, params={**form, "redirect_uri": "https://evil.example/"}
+    )
+    assert evil.status_code == 400
+    # The form is checked again: its hidden fields are the browser's to change.
+    forged = await http.post(
+        idp.authorization_endpoint, data={**form, "redirect_uri": "https://evil.example/", "user": "alice"}
+    )
+    assert forged.status_code == 400
+    unknown = await http.post(idp.authorization_endpoint, data={**form, "user": "mallory"})
+    assert (unknown.status_code, unknown.json()["error"]) == (400, "invalid_request")
+    cancelled = await http.post(idp.authorization_endpoint, data={**form, "cancel": "1"})
+    assert cancelled.status_code == 303
+    answer = dict(parse_qsl(urlsplit(cancelled.headers["location"]).query))
+    assert pick(answer, "error", "state", "code") == {
+        "error": "access_denied",
+        "state": form["state"],
+        "code": None,
+    }
+    # PKCE still binds the code to the verifier the page's request was made with.
+    chosen = await http.post(idp.authorization_endpoint, data={**form, "user": "alice"})
+    code = dict(parse_qsl(urlsplit(chosen.headers["location"]).query))["code"]
+    assert (await code_grant(http, idp, code, secrets.token_urlsafe(48))).status_code == 400
+    assert idp.codes[code].used
+
+
+# -- back-channel logout
+
+
+def logout_claims(token: str, jwks: dict[str, Any], idp: IdP) -> dict[str, Any]:
+    key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
+    return jwt.decode(token, key, algorithms=[key.algorithm_name], issuer=idp.issuer, audience="authcar")
+
+
+async def test_backchannel_logout_posts_a_logout_token_to_the_client(
+    idp: IdP, http: httpx.AsyncClient
+) -> None:
+    with relying_party() as rp:
+        idp.register_client("authcar", "authcar-secret", backchannel_logout_uri=rp.url("/backchannel"))
+        tokens = await log_in(http, idp)
+        jwks = await fetch_jwks(http, idp)
+        sid = verify(tokens["id_token"], jwks, idp, audience="authcar")["sid"]
+        answer = await idp.backchannel_logout(sid=sid)
+        assert answer["status"] == 200
+        assert rp.logout_tokens == [answer["logout_token"]]
+        assert jwt.get_unverified_header(answer["logout_token"])["typ"] == "logout+jwt"
+        claims = logout_claims(answer["logout_token"], jwks, idp)
+        assert claims["events"] == {"http://schemas.openid.net/event/backchannel-logout": {}}
+        assert claims["sid"] == sid
+        assert not {"sub", "nonce"} & claims.keys()
+        assert {"iat", "exp", "jti"} <= claims.keys()
+        assert (await introspect(http, idp, tokens["access_token"])) == {"active": False}  # ended here too
+
+        by_sub = await idp.backchannel_logout(sub="alice", end_session=False)
+        second = logout_claims(by_sub["logout_token"], jwks, idp)
+        assert (second["sub"], "sid" in second) == ("alice", False)
+        assert second["jti"] != claims["jti"]
+
+        rp.backchannel_status = 400
+        assert (await idp.backchannel_logout(sid="x"))["status"] == 400
+        assert [status for _, status in idp.backchannel_deliveries] == [200, 200, 400]
+    unreachable = await idp.backchannel_logout(sid="x")
+    assert unreachable["status"] is None
+    with pytest.raises(ValueError, match="a sid, a sub or both"):
+        idp.logout_token()
+
+
+@pytest.mark.parametrize(
+    ("variant", "bend", "broken"),
+    [
+        ("with a nonce", {"claims": {"nonce": "n"}}, lambda c, h, kids: "nonce" in c),
+        ("no events", {"omit": ["events"]}, lambda c, h, kids: "events" not in c),
+        ("another event", {"claims": {"events": {"urn:x": {}}}}, lambda c, h, kids: "urn:x" in c["events"]),
+        ("no jti", {"omit": ["jti"]}, lambda c, h, kids: "jti" not in c),
+        ("no iat", {"omit": ["iat"]}, lambda c, h, kids: "iat" not in c),
+        ("stale", {"claims": {"iat": 1_000_000_000}}, lambda c, h, kids: c["iat"] == 1_000_000_000),
+        ("other audience", {"claims": {"aud": "other"}}, lambda c, h, kids: c["aud"] == "other"),
+        (
+            "other issuer",
+            {"claims": {"iss": "https://evil.example"}},
+            lambda c, h, kids: c["iss"] == "https://evil.example",
+        ),
+        ("unsigned", {"alg": "none"}, lambda c, h, kids: h["alg"] == "none"),
+        ("HS256 confusion", {"alg": "HS256"}, lambda c, h, kids: h["alg"] == "HS256"),
+        ("unknown key", {"unpublished_key": True}, lambda c, h, kids: h["kid"] not in kids),
+        (
+            "no sid nor sub",
+            {"claims": {"sid": None}, "omit": ["sid"]},
+            lambda c, h, kids: not {"sid", "sub"} & c.keys(),
+        ),
+    ],
+)
+async def test_malformed_logout_token_variants(
+    idp: IdP, variant: str, bend: dict[str, Any], broken: Any
+) -> None:
+    token = idp.logout_token(sid="s-1", **bend)
+    header, claims = header_of(token), header_of(token, 1)
+    assert broken(claims, header, {key["kid"] for key in idp.keys["keys"]}), variant
+    if variant in ("unsigned", "HS256 confusion", "unknown key"):
+        assert idp.verify(token) is None  # a relying party must refuse it too
+    elif variant != "other issuer":
+        assert idp.verify(token) is not None  # well signed: only the claims are wrong
+
+
+async def test_admin_api_delivers_backchannel_logout_for_a_provider_in_its_own_process() -> None:
+    with relying_party() as rp, idp_process() as running:
+        running.client.register_client(
+            "authcar", "authcar-secret", backchannel_logout_uri=rp.url("/backchannel")
+        )
+        answer = running.client.backchannel_logout(sub="alice", claims={"nonce": "bad"})
+        assert answer["status"] == 200
+        assert header_of(rp.logout_tokens[0], 1)["nonce"] == "bad"
+        assert running.client.backchannel_deliveries == [(rp.url("/backchannel"), 200)]
+        running.client.configure(interactive=True)
+        assert running.client.call("describe")["interactive"] is True
 
 
 # -- failure modes

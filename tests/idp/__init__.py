@@ -1,5 +1,7 @@
 """A real OpenID Connect provider for the tests, over real sockets: discovery, JWKS, authorization code
-with PKCE, client credentials, refresh, RFC 7662 introspection, userinfo and logout, Keycloak-shaped.
+with PKCE (signing `idp.user` in by itself, or, with `idp.interactive`, through a sign-in page listing
+`idp.users`), client credentials, rotating refresh tokens, RFC 7662 introspection, userinfo, RP-initiated
+logout and back-channel logout delivery (`await idp.backchannel_logout(sid=...)`), Keycloak-shaped.
 
     async with run_idp() as idp:          # in the test's event loop, on a free port
         token = idp.mint(roles=["admin"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
@@ -14,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,12 +23,13 @@ from tests.idp import oauth
 from tests.idp.faults import DOCUMENT_MODES, fault_document
 from tests.idp.oauth import OAuthError
 from tests.idp.provider import ENDPOINTS, IdP
+from tests.idp.signin import CANCEL_FIELD, USER_FIELD, sign_in_page
 
 METHODS: Mapping[str, list[str]] = MappingProxyType(
     {
         "discovery": ["GET"],
         "jwks": ["GET"],
-        "auth": ["GET"],
+        "auth": ["GET", "POST"],  # POST: the sign-in page's form
         "token": ["POST"],
         "introspect": ["POST"],
         "revoke": ["POST"],
@@ -40,7 +42,14 @@ NO_STORE = {"Cache-Control": "no-store"}  # token answers must not be cached (RF
 GARBAGE = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 # Attributes the admin "configure" call may set.
 CONFIGURABLE = frozenset(
-    {"delay", "token_lifetime", "refresh_lifetime", "discovery_overrides", "introspection_auth_methods"}
+    {
+        "delay",
+        "token_lifetime",
+        "refresh_lifetime",
+        "discovery_overrides",
+        "introspection_auth_methods",
+        "interactive",
+    }
 )
 
 
@@ -67,6 +76,9 @@ ADMIN_CALLS: Mapping[str, Callable[..., Any]] = MappingProxyType(
             idp.register_client(client_id, secret, **options)
         ),
         "login_as": IdP.login_as,
+        "logout_token": IdP.logout_token,
+        "backchannel_logout": IdP.backchannel_logout,
+        "sessions_of": IdP.sessions_of,
         "set_mode": IdP.set_mode,
         "configure": configure,
         "reset_counters": IdP.reset_counters,
@@ -107,9 +119,28 @@ class Endpoints:
         return JSONResponse(self.idp.keys)
 
     async def auth(self, request: Request) -> Response:
-        return RedirectResponse(
-            oauth.authorize(self.idp, single_values(request.query_params.multi_items())), 302
+        if request.method == "POST":
+            return self.signed_in(await read_form(request))
+        params = single_values(request.query_params.multi_items())
+        if not self.idp.interactive:
+            return RedirectResponse(oauth.authorize(self.idp, params, self.idp.user), 302)
+        refused = oauth.checked_request(self.idp, params)
+        if refused is not None:
+            return RedirectResponse(refused, 302)
+        page = sign_in_page(
+            self.idp.authorization_endpoint, params, self.idp.users.values(), params["client_id"]
         )
+        return HTMLResponse(page, headers=NO_STORE)
+
+    def signed_in(self, form: dict[str, str]) -> Response:
+        """The sign-in page's answer: the chosen user, or none (Cancel) for access_denied."""
+        chosen = form.pop(USER_FIELD, None)
+        form.pop(CANCEL_FIELD, None)
+        user = None if chosen is None else self.idp.users.get(chosen)
+        if chosen is not None and user is None:
+            raise OAuthError("invalid_request", "no such user")
+        # 303: the browser follows with a GET, not a re-POST of the form to the client.
+        return RedirectResponse(oauth.authorize(self.idp, form, user), 303)
 
     async def token(self, request: Request) -> Response:
         answer = oauth.token(self.idp, await read_form(request), request.headers.get("authorization"))
@@ -140,6 +171,8 @@ class Endpoints:
         try:
             body = await request.body()
             result = call(self.idp, **(json.loads(body) if body else {}))
+            if inspect.isawaitable(result):  # backchannel_logout waits for the client's answer
+                result = await result
         except (TypeError, ValueError, LookupError) as exc:  # bad arguments, unknown kid or mode
             return JSONResponse(
                 {"error": "bad_call", "error_description": f"{type(exc).__name__}: {exc}"}, 400

@@ -38,6 +38,8 @@ class IdPClient:
         self.token_endpoint: str = where["token_endpoint"]
         self.introspection_endpoint: str = where["introspection_endpoint"]
         self.authorization_endpoint: str = where["authorization_endpoint"]
+        self.end_session_endpoint: str = where["end_session_endpoint"]
+        self.userinfo_endpoint: str = where["userinfo_endpoint"]
 
     def call(self, name: str, **arguments: Any) -> Any:
         response = self.http.post(f"/_idp/{name}", json=arguments)
@@ -82,13 +84,28 @@ class IdPClient:
     def login_as(self, sub: str | None, **options: Any) -> None:
         self.call("login_as", sub=sub, **options)
 
+    def logout_token(self, client_id: str = "authcar", **options: Any) -> str:
+        return str(self.call("logout_token", client_id=client_id, **options))
+
+    def backchannel_logout(self, client_id: str = "authcar", **options: Any) -> dict[str, Any]:
+        """The provider POSTs a logout token to the client; the client's answer (IdP.backchannel_logout)."""
+        return dict(self.call("backchannel_logout", client_id=client_id, **options))
+
+    def sessions_of(self, sub: str) -> list[str]:
+        return list(self.call("sessions_of", sub=sub))
+
+    @property
+    def backchannel_deliveries(self) -> list[tuple[str, int | None]]:
+        return [(uri, status) for uri, status in self.call("describe")["backchannel_deliveries"]]
+
     def set_mode(
         self, mode: str, endpoints: list[str] | tuple[str, ...] = (), *, delay: float | None = None
     ) -> None:
         self.call("set_mode", mode=mode, endpoints=list(endpoints), delay=delay)
 
     def configure(self, **settings: Any) -> None:
-        """Set delay, token_lifetime, refresh_lifetime or discovery_overrides."""
+        """Set delay, token_lifetime, refresh_lifetime, discovery_overrides, introspection_auth_methods or
+        interactive (the authorization endpoint shows the sign-in page)."""
         self.call("configure", **settings)
 
     @property

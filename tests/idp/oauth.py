@@ -31,35 +31,49 @@ class OAuthError(Exception):
         self.status = status
 
 
-def authorize(idp: IdP, params: Mapping[str, str]) -> str:
-    """The authorization endpoint, with the login already done: the URL to redirect the browser to."""
+def checked_request(idp: IdP, params: Mapping[str, str]) -> str | None:
+    """An authorization request's checks: raises when there is no registered redirect_uri to answer at,
+    returns the error redirect for a bad request, None for one a user may sign in to."""
     client = idp.clients.get(params.get("client_id", ""))
-    redirect_uri = params.get("redirect_uri", "")
-    if client is None or not client.allows_redirect(redirect_uri):
+    if client is None or not client.allows_redirect(params.get("redirect_uri", "")):
         # Never redirect to a URI we cannot vouch for (RFC 6749 section 4.1.2.1).
         raise OAuthError("invalid_request", "unknown client_id or unregistered redirect_uri")
-
-    def back(**answer: str) -> str:
-        state = {"state": params["state"]} if "state" in params else {}
-        return with_query(redirect_uri, {**answer, **state, "iss": idp.issuer})
-
     if params.get("response_type") != "code":
-        return back(error="unsupported_response_type")
+        return answer_url(idp, params, error="unsupported_response_type")
     if not params.get("code_challenge") or params.get("code_challenge_method") != "S256":
-        return back(error="invalid_request", error_description="PKCE with S256 is required")
-    if idp.user is None:
-        return back(error="access_denied", error_description="the test user is logged out")
+        return answer_url(
+            idp, params, error="invalid_request", error_description="PKCE with S256 is required"
+        )
+    return None
+
+
+def authorize(idp: IdP, params: Mapping[str, str], user: User | None) -> str:
+    """The authorization endpoint once `user` signed in (None: refused to): where the browser goes next."""
+    refused = checked_request(idp, params)
+    if refused is not None:
+        return refused
+    if user is None:
+        return answer_url(idp, params, error="access_denied", error_description="the user did not sign in")
     login = Login(
-        client,
-        idp.user,
+        idp.clients[params["client_id"]],
+        user,
         params.get("scope") or "openid",
         sid=str(uuid.uuid4()),
         nonce=params.get("nonce"),
         auth_time=int(time.time()),
     )
+    idp.logins[login.sid] = login
     code = secrets.token_urlsafe(32)
-    idp.codes[code] = Code(login, redirect_uri, params["code_challenge"], time.time() + CODE_LIFETIME)
-    return back(code=code)
+    idp.codes[code] = Code(
+        login, params["redirect_uri"], params["code_challenge"], time.time() + CODE_LIFETIME
+    )
+    return answer_url(idp, params, code=code)
+
+
+def answer_url(idp: IdP, params: Mapping[str, str], **answer: str) -> str:
+    """The redirect_uri with the answer, the request's state and our issuer (RFC 9207)."""
+    state = {"state": params["state"]} if "state" in params else {}
+    return with_query(params["redirect_uri"], {**answer, **state, "iss": idp.issuer})
 
 
 def token(idp: IdP, form: Mapping[str, str], authorization: str | None) -> dict[str, Any]:
@@ -219,19 +233,24 @@ def userinfo(idp: IdP, authorization: str | None) -> dict[str, Any]:
 
 
 def logout(idp: IdP, params: Mapping[str, str]) -> str | None:
-    """End the session id_token_hint names; the URL to send the browser back to, if one was asked for."""
+    """RP-initiated logout: end the session id_token_hint names; the URL to send the browser back to,
+    if one was asked for (only one the hinted or named client registered)."""
     hint = params.get("id_token_hint")
     claims = idp.verify(hint) if hint else None  # an expired ID token is still a fine hint
-    if hint and claims is None:
+    if hint and (claims is None or claims.get("typ") != "ID"):
         raise OAuthError("invalid_request", "id_token_hint is not an ID token of this provider")
+    hinted = str(claims["aud"]) if claims else None
+    if hinted and params.get("client_id", hinted) != hinted:
+        raise OAuthError("invalid_request", "client_id is not the id_token_hint's audience")
+    redirect = params.get("post_logout_redirect_uri")
+    client = idp.clients.get(hinted or params.get("client_id", ""))
+    if redirect is not None and (client is None or not client.allows_post_logout_redirect(redirect)):
+        # Checked before anything ends: a refused request changes nothing.
+        raise OAuthError("invalid_request", "post_logout_redirect_uri is not registered")
     if claims and isinstance(claims.get("sid"), str):
         idp.end_session(claims["sid"])
-    redirect = params.get("post_logout_redirect_uri")
     if redirect is None:
         return None
-    client = idp.clients.get(str(claims["aud"]) if claims else params.get("client_id", ""))
-    if client is None or not client.allows_redirect(redirect):
-        raise OAuthError("invalid_request", "post_logout_redirect_uri is not registered")
     return with_query(redirect, {"state": params["state"]} if "state" in params else {})
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import jwt
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from tests.idp.backchannel import deliver_logout_token
 from tests.idp.keys import HMAC_HASHES, KeyFormat, KeyRing, hmac_jws, sign_jws, unsigned_jws
 
 Mode = Literal["normal", "down", "slow", "garbage", "reset", "huge", "nested"]  # faults.py: the last two
@@ -44,18 +45,28 @@ class Client:
     client_id: str
     secret: str | None  # None: a public client, identified by client_id and protected by PKCE only
     opaque: bool = False  # its access tokens are opaque (introspection only) unless it asks format=jwt
-    # Keycloak's rule: exact match, or a prefix match when the registered URI ends in "*".
-    redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
+    redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")  # see registered()
     audience: str = "api"
     scope: str = "read"  # granted to client_credentials requests that name none
     roles: tuple[str, ...] = ()  # realm roles of its service account
     alg: str = "RS256"  # signs its access and ID tokens
+    # Where RP-initiated logout may send the browser back to; None: wherever a login may (redirect_uris).
+    post_logout_redirect_uris: tuple[str, ...] | None = None
+    backchannel_logout_uri: str | None = None  # OIDC Back-Channel Logout 1.0: where logout tokens go
 
     def allows_redirect(self, uri: str) -> bool:
-        return any(
-            uri == known or (known.endswith("*") and uri.startswith(known[:-1]))
-            for known in self.redirect_uris
+        return registered(uri, self.redirect_uris)
+
+    def allows_post_logout_redirect(self, uri: str) -> bool:
+        known = (
+            self.redirect_uris if self.post_logout_redirect_uris is None else self.post_logout_redirect_uris
         )
+        return registered(uri, known)
+
+
+def registered(uri: str, known: Iterable[str]) -> bool:
+    # Keycloak's rule: exact match, or a prefix match when the registered URI ends in "*".
+    return any(uri == entry or (entry.endswith("*") and uri.startswith(entry[:-1])) for entry in known)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,15 @@ class User:
     email: str | None = "alice@example.com"
     roles: tuple[str, ...] = ("reader",)
     groups: tuple[str, ...] = ()
+
+
+# Who the sign-in page offers, as in `authcar demo` (authcar/devissuer.py).
+DEFAULT_USERS: tuple[User, ...] = (
+    User("alice", "alice", "alice@example.com", ("reader",)),
+    User("bob", "bob", "bob@example.com", ("editor",)),
+    User("carol", "carol", "carol@example.com", ("admin",)),
+)
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,10 @@ class IdP:
     refresh_lifetime: int = 1800
     delay: float = 1.0  # seconds every answer waits in "slow" mode
     user: User | None = field(default_factory=User)  # who the login page signs in; None refuses logins
+    # interactive: the authorization endpoint shows a sign-in page listing `users` (a browser picks one)
+    # instead of signing `user` in by itself.
+    interactive: bool = False
+    users: dict[str, User] = field(default_factory=lambda: {user.sub: user for user in DEFAULT_USERS})
     clients: dict[str, Client] = field(default_factory=dict)
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # to serve a lying discovery document
     # Endpoint name -> the exact bytes it answers (200, labelled JSON) instead of its real answer.
@@ -121,6 +145,9 @@ class IdP:
     grants: dict[str, Grant] = field(default_factory=dict)  # opaque access tokens and refresh tokens
     revoked_jtis: set[str] = field(default_factory=set)
     ended_sessions: set[str] = field(default_factory=set)
+    logins: dict[str, Login] = field(default_factory=dict)  # by sid: every session the provider started
+    # What back-channel logout deliveries answered: (uri, HTTP status or None when unreachable).
+    backchannel_deliveries: list[tuple[str, int | None]] = field(default_factory=list)
     mode_endpoints: frozenset[str] = frozenset(ENDPOINTS)
     _mode: Mode = field(default="normal", init=False)
     ring: KeyRing = field(init=False)
@@ -243,12 +270,23 @@ class IdP:
         scope: str = "read",
         roles: Sequence[str] = (),
         alg: str = "RS256",
+        post_logout_redirect_uris: Sequence[str] | None = None,
+        backchannel_logout_uri: str | None = None,
     ) -> Client:
         client = Client(
-            client_id, secret, opaque, audience=audience, scope=scope, roles=tuple(roles), alg=alg
+            client_id,
+            secret,
+            opaque,
+            audience=audience,
+            scope=scope,
+            roles=tuple(roles),
+            alg=alg,
+            backchannel_logout_uri=backchannel_logout_uri,
         )
         if redirect_uris is not None:
             client.redirect_uris = tuple(redirect_uris)
+        if post_logout_redirect_uris is not None:
+            client.post_logout_redirect_uris = tuple(post_logout_redirect_uris)
         self.clients[client_id] = client
         return client
 
@@ -266,7 +304,15 @@ class IdP:
 
     def describe(self) -> dict[str, Any]:
         """Where everything is and the live control state (what IdPClient reads)."""
-        names = ("issuer", "jwks_uri", "token_endpoint", "introspection_endpoint", "authorization_endpoint")
+        names = (
+            "issuer",
+            "jwks_uri",
+            "token_endpoint",
+            "introspection_endpoint",
+            "authorization_endpoint",
+            "end_session_endpoint",
+            "userinfo_endpoint",
+        )
         return {
             "url": self.url,
             **{name: getattr(self, name) for name in names},
@@ -275,6 +321,8 @@ class IdP:
             "delay": self.delay,
             "counts": dict(self.counts),
             "peak_in_flight": dict(self.peak_in_flight),
+            "interactive": self.interactive,
+            "backchannel_deliveries": [list(delivery) for delivery in self.backchannel_deliveries],
         }
 
     # -- keys
@@ -329,9 +377,29 @@ class IdP:
         body.update(
             {name: value for name, value in (("iss", iss), ("iat", iat), ("nbf", nbf)) if value is not None}
         )
-        body.update(claims or {})
-        for name in omit:
-            body.pop(name, None)
+        return self.sign_bent(
+            bent(body, claims, omit),
+            alg=alg,
+            kid=kid,
+            headers=headers,
+            omit_headers=omit_headers,
+            unpublished_key=unpublished_key,
+            hmac_key_format=hmac_key_format,
+        )
+
+    def sign_bent(
+        self,
+        body: Mapping[str, Any],
+        *,
+        alg: str = "RS256",
+        typ: str = "JWT",
+        kid: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        omit_headers: Iterable[str] = (),
+        unpublished_key: bool = False,
+        hmac_key_format: KeyFormat = "pem",
+    ) -> str:
+        """`body` signed as mint() describes: `alg` whatever the header says, none and HS* forgeries."""
         key = None
         if alg.lower() != "none":  # HS* tokens carry, and are keyed with, an RSA public key
             key = self.ring.signer(
@@ -339,7 +407,7 @@ class IdP:
             )
         header: dict[str, Any] = {
             "alg": alg,
-            "typ": "JWT",
+            "typ": typ,
             **({"kid": key.kid} if key else {}),
             **(headers or {}),
         }
@@ -372,10 +440,7 @@ class IdP:
         """
         user = User(sub, sub, f"{sub}@example.com", tuple(roles), tuple(groups))
         body = self.claims_for(user, aud=aud, scope=scope, azp=client_id, expires_in=expires_in)
-        body.update(claims or {})
-        for name in omit:
-            body.pop(name, None)
-        return self.store(Grant(body, revoked=not active))
+        return self.store(Grant(bent(body, claims, omit), revoked=not active))
 
     def revoke(self, token: str) -> None:
         """Introspection answers inactive for this token from now on (unknown ones are ignored, RFC 7009)."""
@@ -392,6 +457,70 @@ class IdP:
 
     def end_session(self, sid: str) -> None:
         self.ended_sessions.add(sid)  # every token carrying this sid turns inactive
+
+    def sessions_of(self, sub: str) -> list[str]:
+        """The sids of `sub`'s sessions that have not ended, oldest first."""
+        return [
+            sid
+            for sid, login in self.logins.items()
+            if login.user.sub == sub and sid not in self.ended_sessions
+        ]
+
+    def logout_token(
+        self,
+        client_id: str = "authcar",
+        *,
+        sid: str | None = None,
+        sub: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+        omit: Iterable[str] = (),
+        **signing: Any,
+    ) -> str:
+        """A Back-Channel Logout 1.0 logout token for `client_id`, bent as a test needs.
+
+        `claims` are merged over the well-formed claims and `omit` drops claims (a `nonce`, no `events`,
+        an old `iat`, another `aud`...); `signing` takes sign_bent()'s options (alg "none", HS* with the
+        public key, an unpublished key, other headers).
+        """
+        if sid is None and sub is None and "sid" not in (claims or {}) and "sub" not in (claims or {}):
+            raise ValueError("a logout token names a sid, a sub or both")
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": str(uuid.uuid4()),
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+            **({"sid": sid} if sid is not None else {}),
+            **({"sub": sub} if sub is not None else {}),
+        }
+        alg = signing.pop("alg", self.clients[client_id].alg if client_id in self.clients else "RS256")
+        signing.setdefault("typ", "logout+jwt")  # section 2.4: explicit typing
+        return self.sign_bent(bent(body, claims, omit), alg=alg, **signing)
+
+    async def backchannel_logout(
+        self,
+        client_id: str = "authcar",
+        *,
+        sid: str | None = None,
+        sub: str | None = None,
+        uri: str | None = None,
+        logout_token: str | None = None,
+        end_session: bool = True,
+        **bend: Any,
+    ) -> dict[str, Any]:
+        """POST a logout token (logout_token(), or the given one) to the client's backchannel_logout_uri
+        (or `uri`), as an OP does when a session ends; `end_session` also ends it here (the sid, or
+        every session of the sub). The RP's answer: {"status", "body", "logout_token"}."""
+        target = uri or self.clients[client_id].backchannel_logout_uri
+        if target is None:
+            raise ValueError(f"client {client_id!r} has no backchannel_logout_uri")
+        token = logout_token or self.logout_token(client_id, sid=sid, sub=sub, **bend)
+        if end_session:
+            for ended in [sid] if sid is not None else self.sessions_of(sub) if sub is not None else []:
+                self.end_session(ended)
+        return await deliver_logout_token(self, target, token)
 
     # -- token building
 
@@ -461,3 +590,11 @@ class IdP:
         if (isinstance(exp, int | float) and exp <= now) or (isinstance(nbf, int | float) and nbf > now):
             return None
         return claims
+
+
+def bent(body: Mapping[str, Any], claims: Mapping[str, Any] | None, omit: Iterable[str]) -> dict[str, Any]:
+    """`body` with `claims` merged over it and the `omit` names dropped."""
+    merged = {**body, **(claims or {})}
+    for name in omit:
+        merged.pop(name, None)
+    return merged
