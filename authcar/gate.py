@@ -37,7 +37,8 @@ from authcar.errors import (
     send_error,
 )
 from authcar.exchange import Exchange
-from authcar.headers import TARGET_AUTHORITY_EXTENSION, Framed, request_id_from
+from authcar.extensions import TARGET_AUTHORITY_EXTENSION
+from authcar.headers import Framed, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.loglimit import LogLimiter
 from authcar.observe import AccessEntry

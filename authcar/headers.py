@@ -203,10 +203,6 @@ RESTRICTED_NAMES: dict[bytes, int] = {
 
 RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 
-# Scope extension: the authority of an absolute-form request target (`GET http://host/path`), which
-# the protocol sees and uvicorn's scope does not.
-TARGET_AUTHORITY_EXTENSION = "authcar.target_authority"
-
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 # Control bytes in a field value (RFC 9110 §5.5). http1.py's parser (httptools) already refuses them

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from authcar.assertion import ASSERTED_CLAIMS, AssertionSigner, asserted_value
-from authcar.authn.claims import claim_at
 from authcar.claim_headers import ASSERTION_HEADER, GROUPS_HEADER, USER_HEADER, parse_claim_headers
+from authcar.claims import claim_at
 from authcar.errors import Forbidden
 from authcar.identity import Identity
 

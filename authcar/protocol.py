@@ -28,7 +28,6 @@ from typing import Any
 
 import httptools
 
-from authcar.authn.jwt import TOKEN_MEMO_EXTENSION, TokenDigestMemo
 from authcar.compat import FlowControl, HttpToolsProtocol, WebSocketsSansIOProtocol
 from authcar.errors import (
     BadRequest,
@@ -38,10 +37,15 @@ from authcar.errors import (
     URITooLong,
     raw_error_response,
 )
-from authcar.headers import TARGET_AUTHORITY_EXTENSION, new_request_id
+from authcar.extensions import (
+    BODY_REFUSED_EXTENSION,
+    CONNECTION_STATE_EXTENSION,
+    TARGET_AUTHORITY_EXTENSION,
+    ConnectionState,
+)
+from authcar.headers import new_request_id
 from authcar.observe import Metrics
 from authcar.tls import client_certificate
-from authcar.upstream import BODY_REFUSED_EXTENSION
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def http_protocol(
             super().connection_made(transport)
             self.flow = PacedFlowControl(transport, self.loop, self.reading_held)
             self.tls = tls_extension(transport)
-            self.token_memo = TokenDigestMemo()
+            self.connection_state: ConnectionState = {}  # for the stages; see authcar/extensions.py
             self.in_head = True
             self.head_bytes = 0  # raw bytes read while a head is incomplete
             self.header_count = 0
@@ -414,7 +418,7 @@ def http_protocol(
         def on_message_begin(self) -> None:
             self.head_started = True
             super().on_message_begin()
-            extensions: dict[str, Any] = {TOKEN_MEMO_EXTENSION: self.token_memo}
+            extensions: dict[str, Any] = {CONNECTION_STATE_EXTENSION: self.connection_state}
             if self.tls is not None:
                 extensions["tls"] = self.tls
             self.scope["extensions"] = extensions

@@ -37,6 +37,7 @@ from authcar.errors import (
     UpstreamWebSocketRejected,
 )
 from authcar.exchange import Exchange
+from authcar.extensions import BODY_REFUSED_EXTENSION
 from authcar.headers import Framed, InvalidResponseHeader, response_headers
 from authcar.http1 import (
     DEFAULT_MAX_HEADER_BYTES,
@@ -52,9 +53,6 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 NO_BODY_STATUS = frozenset({204, 304})
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
-# The GatewayError the protocol answered when it ended a request during its body (too slow, or
-# chunk framing without end): the disconnect the application then receives is the sidecar's doing.
-BODY_REFUSED_EXTENSION = "authcar.request_body_refused"
 
 
 class ClientGone(Exception):

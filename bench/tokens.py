@@ -136,9 +136,9 @@ def new_key() -> tuple[rsa.RSAPrivateKey, str, dict[str, Any]]:
 
 
 async def new_validator(jwks_file: Path, cache_size: int | None = None) -> Any:
-    from authcar.authn.claims import ClaimMapping
     from authcar.authn.jwt import IssuerPolicy, JWTValidator
     from authcar.authn.keys import KeySet
+    from authcar.claims import ClaimMapping
 
     keyset = KeySet(None, static_file=jwks_file)
     await keyset.refresh()

@@ -21,11 +21,12 @@ import httpx
 from authcar.authn.bearer import BearerAuthenticator
 from authcar.authn.certificate import certificate_identity, certificate_of
 from authcar.authn.issuers import Issuer
-from authcar.authn.jwt import TOKEN_MEMO_EXTENSION
+from authcar.authn.jwt import connection_memo
 from authcar.authn.sources import TokenSources
 from authcar.background import cancel_and_wait
 from authcar.config import Settings
 from authcar.errors import INVALID_TOKEN, Unauthorized
+from authcar.extensions import connection_state
 from authcar.identity import ANONYMOUS, Identity
 from authcar.observe import Metrics
 from authcar.paths import PublicPaths, parse_public_paths
@@ -92,8 +93,7 @@ class Authentication:
                 raise Unauthorized(
                     "bearer tokens are not accepted here", code="no_issuer", token_error=INVALID_TOKEN
                 )
-            extensions = scope.get("extensions")
-            memo = extensions.get(TOKEN_MEMO_EXTENSION) if extensions else None
+            memo = connection_memo(connection_state(scope))
             identity, cache_key = self.bearer.cached(found.token, memo)
             if identity is None:
                 identity = await self.bearer.verify(found.token, cache_key)

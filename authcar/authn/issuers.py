@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from authcar.authn.claims import ClaimMapping
 from authcar.authn.jwt import IssuerPolicy
 from authcar.authn.keys import KeySet, KeySetError, ProviderMetadata, discover
+from authcar.claims import ClaimMapping
 from authcar.config import IssuerSettings, Settings
 from authcar.identity import Identity
 

@@ -33,7 +33,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import PyJWTError
 
 from authcar.authn.keys import KeySet
+from authcar.claims import TokenRejected
 from authcar.identity import Identity
 from authcar.jose import ASYMMETRIC_ALGORITHMS, DEFAULT_LEEWAY, MAX_LEEWAY
 from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
@@ -54,15 +55,6 @@ COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 SIGNATURE_ALGORITHMS = {
     name: algorithm for name, algorithm in get_default_algorithms().items() if name in ASYMMETRIC_ALGORITHMS
 }
-
-
-class TokenRejected(Exception):
-    """The token is not acceptable; `reason` is a stable code for logs and metrics."""
-
-    def __init__(self, reason: str, description: str) -> None:
-        super().__init__(description)
-        self.reason = reason
-        self.description = description
 
 
 @dataclass(frozen=True)
@@ -184,8 +176,9 @@ def json_object(data: bytes, what: str, limits: JSONLimits) -> dict[str, Any]:
         ) from None
 
 
-# The scope extension under which the server hands each request its connection's TokenDigestMemo.
-TOKEN_MEMO_EXTENSION = "authcar.token_memo"  # noqa: S105 - a name, not a secret
+# The key of a connection's TokenDigestMemo in its per-connection state, which the server hands
+# each request (authcar.extensions.CONNECTION_STATE_EXTENSION) and knows nothing more about.
+TOKEN_MEMO_KEY = "authcar.token_memo"  # noqa: S105 - a name, not a secret
 
 
 class TokenDigestMemo:
@@ -203,6 +196,16 @@ class TokenDigestMemo:
     def __init__(self) -> None:
         self.token = b""
         self.cache_key = b""
+
+
+def connection_memo(state: MutableMapping[str, Any] | None) -> TokenDigestMemo | None:
+    """The connection's memo, made with its first token; None when the server keeps no state."""
+    if state is None:
+        return None
+    memo = state.get(TOKEN_MEMO_KEY)
+    if memo is None:
+        memo = state[TOKEN_MEMO_KEY] = TokenDigestMemo()
+    return memo
 
 
 class JWTValidator:

@@ -29,8 +29,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from authcar.authn.claims import ClaimMapping
-from authcar.authn.jwt import TokenRejected
+from authcar.claims import ClaimMapping, TokenRejected
 from authcar.errors import BadRequest
 from authcar.identity import ANONYMOUS, Identity
 from authcar.paths import normalise_path

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from authcar.authn.claims import ClaimMapping
 from authcar.authn.introspection import Introspector, client_auth_method
 from authcar.authn.jwt import TokenRejected
 from authcar.authn.keys import discover
+from authcar.claims import ClaimMapping
 from authcar.store import MemoryStore, StoreUnavailable
 from tests.idp import IdP, run_idp
 from tests.support.sidecar import start_sidecar

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import RSAAlgorithm
 
-from authcar.authn.claims import ClaimMapping
 from authcar.authn.jwt import IssuerPolicy, JWTValidator, TokenRejected
 from authcar.authn.keys import KeySet
+from authcar.claims import ClaimMapping
 
 ISSUER = "https://issuer.example/realm"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -1,5 +1,9 @@
 """From verified claims to an Identity: subject, roles and scopes, by configurable claim paths.
 
+Shared by the stages that read claims (token validation and introspection, the identity headers) and
+by `authcar policy test`, which builds identities the way the sidecar does; so it depends on none of
+them, and `TokenRejected`, the refusal of a token or of its claims, is defined here.
+
 Claim paths are dotted (`realm_access.roles`), but a claim whose own name contains dots (Auth0's
 namespaced `https://example.com/roles`) is found by its full name first. Roles may be a list or a
 space/comma-separated string. Every value that will later travel in a header is checked here: a
@@ -14,13 +18,21 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from authcar.authn.jwt import TokenRejected
 from authcar.identity import Identity, IdentitySource
 
 MAX_ROLES = 256
 MAX_VALUE_LENGTH = 1024
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029]")
 SEPARATORS = re.compile(r"[\s,]+")
+
+
+class TokenRejected(Exception):
+    """The token is not acceptable; `reason` is a stable code for logs and metrics."""
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:

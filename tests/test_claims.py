@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authcar.authn.claims import ClaimMapping, claim_at
-from authcar.authn.jwt import TokenRejected
+from authcar.claims import ClaimMapping, TokenRejected, claim_at
 
 KEYCLOAK = {
     "sub": "f3a1",
