@@ -14,7 +14,7 @@ from authcar.assertion import AssertionSigner
 from authcar.authn.chain import Authentication
 from authcar.background import cancel_and_wait
 from authcar.config import Settings
-from authcar.gate import Gate
+from authcar.gate import Gate, GateOptions
 from authcar.headers import HeaderRules
 from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
@@ -81,7 +81,17 @@ class Sidecar:
         self.policy.load_initial()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
-        self.public_app = Gate(self, build_reserved_app(self.assertion_signer))
+        self.public_app = Gate(
+            header_rules=self.header_rules,
+            authentication=self.authentication,
+            policy=self.policy,
+            identity_headers=self.identity_headers,
+            upstream=self.upstream,
+            reserved_app=build_reserved_app(self.assertion_signer),
+            metrics=self.metrics,
+            access_log=self.access_log,
+            options=gate_options(settings),
+        )
         self.admin_app: Starlette = build_admin_app(self)
 
     async def start(self) -> None:
@@ -132,3 +142,15 @@ class Sidecar:
             checks["tls"] = self.tls.readiness()
         checks["store"] = await store_readiness(self.store)
         return checks
+
+
+def gate_options(settings: Settings) -> GateOptions:
+    return GateOptions(
+        reserved_prefix=settings.reserved_prefix,
+        max_header_count=settings.max_header_count,
+        max_body_bytes=settings.max_body_bytes,
+        role_prefix=settings.policy_role_prefix,
+        dry_run=settings.dry_run,
+        dry_run_paths=settings.dry_run_paths,
+        forward_client_cert=settings.tls_forward_client_cert,
+    )

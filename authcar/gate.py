@@ -8,10 +8,13 @@
                  dry run lets a denial through, logged
     5. inject    identity headers and the signed assertion (authcar/identity_headers.py)
     6. forward   to the upstream, streaming; WebSockets bridged
-    7. record    one access-log line and the metrics
+    7. record    one access-log line and the metrics, from the request's RequestRecord
 
-Any exception before forwarding becomes an error answer: authentication or authorization failures
-deny, everything else is a 502. Nothing ever answers with a traceback.
+The gate is given its parts (authcar/app.py passes the real ones; tests/test_gate.py stand-ins), and
+each stage writes what it learns into the request's one RequestRecord rather than into variables
+that the error handlers rewrite. Any exception before forwarding becomes an error answer:
+authentication or authorization failures deny, everything else is a 502. Nothing ever answers with a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
 from authcar.authn.certificate import certificate_of, client_cert_header
@@ -38,16 +42,13 @@ from authcar.errors import (
 )
 from authcar.exchange import Exchange
 from authcar.extensions import TARGET_AUTHORITY_EXTENSION
-from authcar.headers import Framed, request_id_from
+from authcar.headers import Framed, HeaderRules, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.loglimit import LogLimiter
-from authcar.observe import AccessEntry
+from authcar.observe import AccessEntry, AccessLog, Metrics
 from authcar.paths import PublicPaths, normalise_path
-from authcar.policy import authorize
-from authcar.types import ASGIApp, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from authcar.app import Sidecar
+from authcar.policy import Policy, authorize
+from authcar.types import ASGIApp, Headers, Receive, Scope, Send
 
 log = logging.getLogger("authcar.gate")
 
@@ -61,29 +62,114 @@ CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large", "body_refused"}
 SERVED_VERSIONS = frozenset({"1.0", "1.1"})
 WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
 
+# How a request ended, as the access log and the `authcar_requests` metric name it: let through by
+# the policy (for a caller or for anyone), denied, let through by dry run despite a denial, answered
+# by the sidecar's own endpoints, or failed (bad request, upstream failure, a bug, shutdown).
+Decision = Literal["allow", "anonymous", "deny", "dry_run_allow", "sidecar", "error"]
+PASSED = frozenset({"allow", "anonymous", "dry_run_allow"})
 
-class LogDecision(NamedTuple):
-    """The policy's part of a request's log line."""
 
-    roles: tuple[str, ...]
-    rule: tuple[str, ...]
-    reason: str
-    version: str
+# The parts the gate uses, as narrow as it uses them (app.py passes the real ones; tests may pass
+# stand-ins). Header rules, metrics and the access log are passed as they are: they need no I/O.
+class Authenticator(Protocol):
+    """authcar.authn.chain.Authentication: who is calling, or Unauthorized/Forbidden."""
+
+    async def authenticate(self, scope: Scope, path: str) -> Identity: ...
+
+
+class PolicyHolder(Protocol):
+    """authcar.policy.reload.PolicySource: the policy version serving now."""
+
+    @property
+    def current(self) -> Policy: ...
+
+    def explain_denial(self, identity: Identity) -> None: ...
+
+
+class IdentityInjector(Protocol):
+    """authcar.identity_headers.IdentityHeaders: what the application is told about the caller."""
+
+    def headers_for(self, identity: Identity, method: str, path: str) -> Headers: ...
+
+
+class Forwarder(Protocol):
+    """authcar.upstream.Upstream: the request to the application and its answer back."""
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, framed: Framed, exchange: Exchange
+    ) -> None: ...
+
+    async def forward_websocket(
+        self, scope: Scope, receive: Receive, send: Send, framed: Framed, exchange: Exchange
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateOptions:
+    """The settings the gate itself reads (AUTHCAR_RESERVED_PREFIX, AUTHCAR_DRY_RUN, ...)."""
+
+    reserved_prefix: str = "/oauth2/"
+    max_header_count: int = 100
+    max_body_bytes: int = 0  # 0: no limit
+    role_prefix: str = "role:"
+    dry_run: bool = False
+    dry_run_paths: tuple[str, ...] = ()
+    forward_client_cert: bool = False
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's outcome as the pipeline learns it; the record step turns it into the access
+    line and the metrics. Stages fill in what they find; what is left at its default did not happen."""
+
+    started: float  # time.perf_counter() when the gate took the request
+    exchange: Exchange = field(default_factory=Exchange)
+    request_id: str = ""  # "" until framing settles on one
+    client: str = ""  # the real client as trusted proxies tell it (the peer until framing)
+    peer: str = ""  # the address the connection comes from
+    decision: Decision = "error"
+    identity: Identity = ANONYMOUS
+    roles: tuple[str, ...] = ()  # the caller's roles, as the policy saw them
+    rule: tuple[str, ...] = ()  # the policy line that decided
+    reason: str = ""  # why a request was refused, or why a denial was let through
+    policy_version: str = ""
+
+    @property
+    def status(self) -> int:
+        exchange = self.exchange
+        return exchange.status or (499 if exchange.client_gone else 0)
 
 
 class Gate:
-    """The public listener's ASGI app."""
+    """The public listener's ASGI app, built from the parts it uses (see authcar/app.py)."""
 
-    def __init__(self, sidecar: Sidecar, reserved_app: ASGIApp) -> None:
-        self.sidecar = sidecar
-        self.settings = sidecar.settings
+    def __init__(
+        self,
+        *,
+        header_rules: HeaderRules,
+        authentication: Authenticator,
+        policy: PolicyHolder,
+        identity_headers: IdentityInjector,
+        upstream: Forwarder,
+        reserved_app: ASGIApp,
+        metrics: Metrics,
+        access_log: AccessLog,
+        options: GateOptions,
+    ) -> None:
+        self.header_rules = header_rules
+        self.authentication = authentication
+        self.policy = policy
+        self.identity_headers = identity_headers
+        self.upstream = upstream
         self.reserved_app = reserved_app
-        self.reserved_prefixes = (self.settings.reserved_prefix, WELL_KNOWN_PREFIX)
-        self.max_body_bytes = self.settings.max_body_bytes
-        self.role_prefix = self.settings.policy_role_prefix
-        self.dry_run = self.settings.dry_run
-        self.dry_run_paths = PublicPaths.from_entries(self.settings.dry_run_paths) or None
-        self.forward_client_cert = self.settings.tls_forward_client_cert
+        self.metrics = metrics
+        self.access_log = access_log
+        self.options = options
+        self.reserved_prefixes = (options.reserved_prefix, WELL_KNOWN_PREFIX)
+        self.max_body_bytes = options.max_body_bytes
+        self.role_prefix = options.role_prefix
+        self.dry_run = options.dry_run
+        self.dry_run_paths = PublicPaths.from_entries(options.dry_run_paths) or None
         self.quiet = LogLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,23 +180,16 @@ class Gate:
             await self.lifespan(receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, *, websocket: bool) -> None:
-        sidecar = self.sidecar
-        started = time.perf_counter()
-        exchange = Exchange()
-        decision = "error"
-        identity: Identity = ANONYMOUS
-        request_id = ""
-        # What the log line says about the policy's part.
-        roles: tuple[str, ...] = ()
-        rule: tuple[str, ...] = ()
-        reason = ""
-        policy_version = ""
-        metrics = sidecar.metrics
-        metrics.in_flight.inc()
+        outcome = RequestRecord(started=time.perf_counter())
+        client = scope.get("client")
+        outcome.client = outcome.peer = client[0] if client else ""
+        exchange = outcome.exchange
+        self.metrics.in_flight.inc()
         try:
             # 1. frame
             framed = self.frame(scope)
-            request_id = framed.request_id
+            outcome.request_id = framed.request_id
+            outcome.client = framed.client_ip
 
             # 2. route
             if not scope["path"].startswith("/"):
@@ -121,52 +200,53 @@ class Gate:
             # One normalisation (ambiguous paths are 400): what is checked is what is forwarded.
             path = self.checked_path(scope)
             if path.startswith(self.reserved_prefixes):
-                decision = "sidecar"
-                own_scope, own_send = with_request_id(scope, send, request_id, exchange)
+                outcome.decision = "sidecar"
+                own_scope, own_send = with_request_id(scope, send, framed.request_id, exchange)
                 await self.reserved_app(own_scope, receive, own_send)
                 return
 
             # 3. authn
-            identity = await sidecar.authentication.authenticate(scope, path)
+            identity = outcome.identity = await self.authentication.authenticate(scope, path)
 
             # 4. authz
             method = scope.get("method", "GET")  # a WebSocket handshake is a GET
-            request, verdict = authorize(sidecar.policy.current, identity, method, path, self.role_prefix)
-            roles, rule, policy_version = request.roles, verdict.rule, verdict.policy_version
+            request, verdict = authorize(self.policy.current, identity, method, path, self.role_prefix)
+            outcome.roles, outcome.rule = request.roles, verdict.rule
+            outcome.policy_version = verdict.policy_version
             if verdict.allowed:
-                metrics.count_decision("allow")
-                decision = "anonymous" if identity.is_anonymous else "allow"
+                self.metrics.count_decision("allow")
+                outcome.decision = "anonymous" if identity.is_anonymous else "allow"
             elif self.is_dry_run(method, path):
-                metrics.count_decision("dry_run_allow")
-                decision, reason = "dry_run_allow", verdict.reason
+                self.metrics.count_decision("dry_run_allow")
+                outcome.decision, outcome.reason = "dry_run_allow", verdict.reason
             else:
-                metrics.count_decision("deny")
-                reason = verdict.reason
-                sidecar.policy.explain_denial(identity)
+                self.metrics.count_decision("deny")
+                outcome.reason = verdict.reason
+                self.policy.explain_denial(identity)
                 if identity.is_anonymous:
                     # Signing in might help: ask for credentials rather than refuse outright.
                     raise Unauthorized("a bearer token is required", code="no_credentials")
                 raise PolicyDenied(verdict.reason, verdict.rule)
 
             # 5. inject
-            framed.headers.extend(sidecar.identity_headers.headers_for(identity, method, path))
-            if self.forward_client_cert and (certificate := certificate_of(scope)) is not None:
+            framed.headers.extend(self.identity_headers.headers_for(identity, method, path))
+            if self.options.forward_client_cert and (certificate := certificate_of(scope)) is not None:
                 framed.headers.append(client_cert_header(certificate))
 
             # 6. forward
             if websocket:
-                await sidecar.upstream.forward_websocket(scope, receive, send, framed, exchange)
+                await self.upstream.forward_websocket(scope, receive, send, framed, exchange)
             else:
-                await sidecar.upstream.forward(scope, receive, send, framed, exchange)
+                await self.upstream.forward(scope, receive, send, framed, exchange)
         except GatewayError as error:
             # A client that left mid-upload gets no answer; log it as such, not as the app's failure.
             exchange.status = 499 if exchange.client_gone else error.status
-            if decision in ("allow", "anonymous", "dry_run_allow"):
-                decision = "error"
+            if outcome.decision in PASSED:
+                outcome.decision = "error"
             if isinstance(error, Unauthorized | Forbidden):
-                decision = "deny"
-                reason = reason or error.code
-            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
+                outcome.decision = "deny"
+                outcome.reason = outcome.reason or error.code
+            await self.reject(scope, send, error, outcome, websocket)
         except Exception:
             # A bug, not a verdict: never let it through as a 500 with a traceback. One request
             # that trips it is logged in full; a flood of them logs a trickle with the count.
@@ -174,41 +254,24 @@ class Gate:
             if left_out is not None:
                 log.exception(
                     "unhandled error in the gate",
-                    extra={"request_id": request_id, "suppressed": left_out},
+                    extra={"request_id": outcome.request_id, "suppressed": left_out},
                 )
             exchange.status = 502
-            decision = "error"
+            outcome.decision = "error"
             error = BadGateway("the sidecar failed to handle the request", code="internal_error")
-            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
+            await self.reject(scope, send, error, outcome, websocket)
         except asyncio.CancelledError:
             # The server cancels requests still running when the shutdown grace period ends. The
             # client gets a clean 503 if nothing was sent yet (uvicorn would log a traceback and
             # answer a text/plain 500); the task ends here either way.
             exchange.status = 503
-            decision = "error"
+            outcome.decision = "error"
             error = ServiceUnavailable("the sidecar is shutting down", code="shutting_down")
-            exchange.bytes_out = await self.reject(scope, send, error, request_id, websocket)
+            await self.reject(scope, send, error, outcome, websocket)
         finally:
-            metrics.in_flight.dec()
-            duration = time.perf_counter() - started
+            self.metrics.in_flight.dec()
             # 7. record
-            status = exchange.status or (499 if exchange.client_gone else 0)
-            metrics.count_request(status, decision)
-            metrics.request_duration.observe(duration)
-            if exchange.upstream_seconds:
-                metrics.upstream_duration.observe(exchange.upstream_seconds)
-            if exchange.error and exchange.error not in CLIENT_SIDE_ERRORS:
-                metrics.upstream_errors.labels(kind=exchange.error).inc()
-            self.record(
-                scope,
-                request_id,
-                status,
-                decision,
-                identity,
-                exchange,
-                duration,
-                LogDecision(roles, rule, reason, policy_version),
-            )
+            self.record(scope, outcome)
 
     def is_dry_run(self, method: str, path: str) -> bool:
         """A denial here is logged and let through (AUTHCAR_DRY_RUN, AUTHCAR_DRY_RUN_PATHS)."""
@@ -217,7 +280,7 @@ class Gate:
     def frame(self, scope: Scope) -> Framed:
         raw_headers = scope["headers"]
         # The protocol enforces the limit while parsing; this catches any other server we run under.
-        if len(raw_headers) > self.settings.max_header_count:
+        if len(raw_headers) > self.options.max_header_count:
             raise HeadersTooLarge("too many request headers")
         version = scope.get("http_version", "1.1")
         if version not in SERVED_VERSIONS:
@@ -226,7 +289,7 @@ class Gate:
         scheme = scope.get("scheme", "http")
         # A WebSocket's scope says ws/wss; the application's X-Forwarded-Proto means http/https.
         scheme = WEBSOCKET_SCHEMES.get(scheme, scheme)
-        framed = self.sidecar.header_rules.frame(raw_headers, scope.get("client"), scheme)
+        framed = self.header_rules.frame(raw_headers, scope.get("client"), scheme)
         if not framed.host and version == "1.1":
             raise BadRequest("an HTTP/1.1 request needs a Host header", code="missing_host")
         authority = scope["extensions"].get(TARGET_AUTHORITY_EXTENSION) if "extensions" in scope else None
@@ -260,43 +323,47 @@ class Gate:
         return path
 
     async def reject(
-        self, scope: Scope, send: Send, error: GatewayError, request_id: str, websocket: bool
-    ) -> int:
+        self, scope: Scope, send: Send, error: GatewayError, outcome: RequestRecord, websocket: bool
+    ) -> None:
         """Answer with the error, over HTTP or as a refused WebSocket handshake.
 
-        `request_id` is "" when the request failed before framing settled on one.
+        A request that failed before framing settled on a request id answers with the client's, if
+        well-formed, else a new one; the record keeps the id the client was given.
         """
-        request_id = request_id or request_id_from(scope["headers"])
+        request_id = outcome.request_id = outcome.request_id or request_id_from(scope["headers"])
         try:
             if websocket:
-                return await send_error(wrap_websocket_send(send), error, request_id)
-            return await send_error(send, error, request_id, head=scope.get("method") == "HEAD")
+                sent = await send_error(wrap_websocket_send(send), error, request_id)
+            else:
+                sent = await send_error(send, error, request_id, head=scope.get("method") == "HEAD")
         except (RuntimeError, OSError):
             # The response had already started (e.g. a bug after the status line), or the client is
             # gone (uvicorn's ClientDisconnected is an OSError): nothing left to say.
-            return 0
+            sent = 0
+        outcome.exchange.bytes_out = sent
 
-    def record(
-        self,
-        scope: Scope,
-        request_id: str,
-        status: int,
-        decision: str,
-        identity: Identity,
-        exchange: Exchange,
-        duration: float,
-        policy: LogDecision,
-    ) -> None:
-        access_log = self.sidecar.access_log
+    def record(self, scope: Scope, outcome: RequestRecord) -> None:
+        """The request's metrics and access line, from its record (and the scope it ended with:
+        the path logged is the normalised one that was checked and forwarded)."""
+        duration = time.perf_counter() - outcome.started
+        exchange = outcome.exchange
+        status = outcome.status
+        metrics = self.metrics
+        metrics.count_request(status, outcome.decision)
+        metrics.request_duration.observe(duration)
+        if exchange.upstream_seconds:
+            metrics.upstream_duration.observe(exchange.upstream_seconds)
+        if exchange.error and exchange.error not in CLIENT_SIDE_ERRORS:
+            metrics.upstream_errors.labels(kind=exchange.error).inc()
+        access_log = self.access_log
         if not access_log.enabled:
             return
-        client = scope.get("client")
         tls = scope.get("extensions", {}).get("tls")
         access_log.write(
             AccessEntry(
                 time=time.time(),
-                request_id=request_id,
-                client=client[0] if client else "",
+                request_id=outcome.request_id,
+                client=outcome.client,
                 method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
                 path=scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
                 status=status,
@@ -304,14 +371,15 @@ class Gate:
                 bytes_out=exchange.bytes_out,
                 duration=duration,
                 upstream=exchange.upstream_seconds,
-                decision=decision,
-                subject=identity.subject,
+                decision=outcome.decision,
+                subject=outcome.identity.subject,
                 upstream_error=exchange.error,
                 client_cert=(tls["client_cert_name"] or "") if tls is not None else "",
-                roles=policy.roles,
-                rule=policy.rule,
-                reason=policy.reason,
-                policy=policy.version,
+                roles=outcome.roles,
+                rule=outcome.rule,
+                reason=outcome.reason,
+                policy=outcome.policy_version,
+                peer=outcome.peer if outcome.peer != outcome.client else "",
             )
         )
 

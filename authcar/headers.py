@@ -251,8 +251,8 @@ class Framed:
     headers: list[tuple[bytes, bytes]]  # to send upstream, identity and hop-by-hop headers removed
     request_id: str
     request_id_bytes: bytes
-    host: str
-    client_ip: str  # the real client as far as trusted proxies tell
+    host: str  # the Host header ("" without one): checked against the request target by the gate
+    client_ip: str  # the real client as trusted proxies tell it (an IP address), else the peer
     content_length: int | None
     chunked: bool
 
@@ -288,6 +288,9 @@ class HeaderRules:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        return any(ip in network for network in self.trusted)
+
+    def is_trusted_ip(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(ip in network for network in self.trusted)
 
     def frame(self, raw: Headers, client: tuple[str, int] | None, scheme: str) -> Framed:
@@ -400,12 +403,25 @@ class HeaderRules:
         )
 
     def real_client(self, chain: str, peer: str) -> str:
-        """The right-most address in X-Forwarded-For that is not one of our trusted proxies."""
-        hops = [hop.strip() for hop in chain.split(",") if hop.strip()] + [peer]
-        for hop in reversed(hops):
-            if not self.is_trusted(hop):
-                return hop
-        return hops[0]
+        """The right-most address in X-Forwarded-For that is not one of our trusted proxies (`peer`
+        is one). A hop that is not a plain IP address ends the walk at the last hop we can vouch for:
+        it is what a client wrote, passed on, and the access log (and later rate limits per client
+        address) must only ever get an address."""
+        client = peer
+        for hop in reversed(chain.split(",")):
+            hop = hop.strip()
+            if not hop:
+                continue
+            try:
+                ip = ipaddress.ip_address(hop)
+            except ValueError:
+                return client
+            if ip.version == 6 and ip.scope_id is not None:
+                return client  # a zone names an interface of someone else's host
+            client = str(ip)
+            if not self.is_trusted_ip(ip):
+                return client
+        return client
 
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]. Registered names are limited to the

@@ -143,7 +143,7 @@ class AccessEntry(NamedTuple):
 
     time: float
     request_id: str  # validated or generated: [A-Za-z0-9._:-] only
-    client: str  # an IP address
+    client: str  # an IP address: the real client as trusted proxies tell it, else the peer
     method: str  # a method the parser accepted, or WEBSOCKET
     path: str  # raw path, without the query string (queries often carry tokens)
     status: int
@@ -159,6 +159,7 @@ class AccessEntry(NamedTuple):
     rule: tuple[str, ...] = ()  # the policy line that decided (Casbin's explain)
     reason: str = ""  # why a request was refused (an error code), or why a denial was let through
     policy: str = ""  # the policy version that decided
+    peer: str = ""  # the connection's address, when a trusted proxy told another `client`
 
 
 FLUSH_ENTRIES = 256
@@ -228,6 +229,8 @@ class AccessLog:
                 line += f" reason={e.reason}"
             if e.upstream_error:
                 line += f" upstream_error={e.upstream_error}"
+            if e.peer:
+                line += f" peer={e.peer}"
             return line
         line = JSON_LINE % (
             self.timestamp(e.time),
@@ -255,6 +258,8 @@ class AccessLog:
             line += ',"upstream_error":"' + e.upstream_error + '"'
         if e.client_cert:
             line += ',"client_cert":' + escape_json(e.client_cert)
+        if e.peer:
+            line += ',"peer":"' + e.peer + '"'
         return line + "}"
 
     def flush(self) -> None:

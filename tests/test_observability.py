@@ -146,6 +146,40 @@ def test_json_access_lines_stay_valid_json_whatever_the_path_or_subject() -> Non
     assert line["time"] == "2026-11-22T12:00:00.250Z"
 
 
+def test_the_peer_is_logged_only_when_a_trusted_proxy_named_another_client() -> None:
+    stream = io.StringIO()
+    log = AccessLog(True, "text", stream)
+    log.write(entry(client="203.0.113.9", peer="10.0.0.1"))
+    log.write(entry())
+    behind, direct = stream.getvalue().splitlines()
+    assert behind.startswith("2026-11-22T12:00:00.250Z 203.0.113.9 GET /x ")
+    assert behind.endswith(" peer=10.0.0.1")
+    assert "peer=" not in direct
+    stream = io.StringIO()
+    log = AccessLog(True, "json", stream)
+    log.write(entry(client="203.0.113.9", peer="10.0.0.1"))
+    log.write(entry())
+    behind, direct = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (behind["client"], behind["peer"]) == ("203.0.113.9", "10.0.0.1")
+    assert "peer" not in direct
+
+
+async def test_the_access_log_names_the_client_a_trusted_proxy_forwarded_for(
+    upstream: RunningUpstream,
+) -> None:
+    stream = io.StringIO()
+    async with start_sidecar(upstream.url, access_log=True, trusted_proxies=("127.0.0.0/8",)) as sidecar:
+        sidecar.service.sidecar.access_log.stream = stream
+        async with httpx.AsyncClient(base_url=sidecar.url) as client:
+            await client.get("/via-proxy", headers={"X-Forwarded-For": "203.0.113.9, 127.0.0.2"})
+            await client.get("/direct")
+        sidecar.service.sidecar.access_log.flush()
+    via_proxy, direct = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (via_proxy["client"], via_proxy["peer"]) == ("203.0.113.9", "127.0.0.1")
+    assert direct["client"] == "127.0.0.1"
+    assert "peer" not in direct
+
+
 def test_event_logs_are_structured() -> None:
     record = logging.LogRecord("authcar", logging.INFO, __file__, 1, "tls_reloaded", None, None)
     record.subject = "CN=svc"
