@@ -103,18 +103,24 @@ def wait_for_url(driver: WebDriver, prefix: str, timeout: float = WAIT_TIMEOUT) 
     return str(driver.current_url)
 
 
-# What the browser makes of a URL, by the WHATWG URL parser every page uses for links and Location.
+# What the browser makes of URLs, by the WHATWG URL parser every page uses for links and Location.
 PARSE_SCRIPT = """
-try { const u = new URL(arguments[0], arguments[1]);
-      return [u.href, u.protocol, u.hostname, u.port, u.username, u.pathname]; }
-catch (e) { return null; }
+const base = arguments[1];
+return arguments[0].map(function (url) {
+  try { const u = new URL(url, base);
+        return [u.href, u.protocol, u.hostname, u.port, u.username, u.pathname]; }
+  catch (e) { return null; }
+});
 """
+PARSED_PARTS = ("href", "protocol", "hostname", "port", "username", "pathname")
+
+
+def browser_parse_all(driver: WebDriver, urls: list[str], base: str) -> list[dict[str, str] | None]:
+    """`new URL(url, base)` in the browser for each url, in one round trip: href, protocol, hostname,
+    port, username, pathname, or None where the browser refuses to parse it."""
+    parsed = driver.execute_script(PARSE_SCRIPT, urls, base)
+    return [None if parts is None else dict(zip(PARSED_PARTS, parts, strict=True)) for parts in parsed]
 
 
 def browser_parse(driver: WebDriver, url: str, base: str) -> dict[str, str] | None:
-    """`new URL(url, base)` in the browser: href, protocol, hostname, port, username, pathname; None if
-    the browser refuses to parse it."""
-    parsed = driver.execute_script(PARSE_SCRIPT, url, base)
-    if parsed is None:
-        return None
-    return dict(zip(("href", "protocol", "hostname", "port", "username", "pathname"), parsed, strict=True))
+    return browser_parse_all(driver, [url], base)[0]
