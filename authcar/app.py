@@ -90,7 +90,7 @@ class Sidecar:
             reserved_app=build_reserved_app(self.assertion_signer),
             metrics=self.metrics,
             access_log=self.access_log,
-            options=gate_options(settings),
+            options=GateOptions.from_settings(settings),
         )
         self.admin_app: Starlette = build_admin_app(self)
 
@@ -142,15 +142,3 @@ class Sidecar:
             checks["tls"] = self.tls.readiness()
         checks["store"] = await store_readiness(self.store)
         return checks
-
-
-def gate_options(settings: Settings) -> GateOptions:
-    return GateOptions(
-        reserved_prefix=settings.reserved_prefix,
-        max_header_count=settings.max_header_count,
-        max_body_bytes=settings.max_body_bytes,
-        role_prefix=settings.policy_role_prefix,
-        dry_run=settings.dry_run,
-        dry_run_paths=settings.dry_run_paths,
-        forward_client_cert=settings.tls_forward_client_cert,
-    )

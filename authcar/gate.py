@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
 from authcar.authn.certificate import certificate_of, client_cert_header
+from authcar.config import Settings
 from authcar.errors import (
     BadGateway,
     BadRequest,
@@ -106,15 +107,27 @@ class Forwarder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class GateOptions:
-    """The settings the gate itself reads (AUTHCAR_RESERVED_PREFIX, AUTHCAR_DRY_RUN, ...)."""
+    """The settings the gate itself reads, and nothing else of the configuration."""
 
-    reserved_prefix: str = "/oauth2/"
-    max_header_count: int = 100
-    max_body_bytes: int = 0  # 0: no limit
-    role_prefix: str = "role:"
-    dry_run: bool = False
-    dry_run_paths: tuple[str, ...] = ()
-    forward_client_cert: bool = False
+    reserved_prefix: str
+    max_header_count: int
+    max_body_bytes: int  # 0: no limit
+    role_prefix: str
+    dry_run: bool
+    dry_run_paths: tuple[str, ...]
+    forward_client_cert: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GateOptions:
+        return cls(
+            reserved_prefix=settings.reserved_prefix,
+            max_header_count=settings.max_header_count,
+            max_body_bytes=settings.max_body_bytes,
+            role_prefix=settings.policy_role_prefix,
+            dry_run=settings.dry_run,
+            dry_run_paths=settings.dry_run_paths,
+            forward_client_cert=settings.tls_forward_client_cert,
+        )
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from authcar.config import Settings
 from authcar.errors import BadGateway, Unauthorized
 from authcar.exchange import Exchange
 from authcar.gate import Gate, GateOptions
@@ -159,8 +160,9 @@ def rig(
     upstream: StandInUpstream | None = None,
     identity_headers: StandInIdentityHeaders | None = None,
     trusted_proxies: tuple[str, ...] = (),
-    **options: Any,
+    **settings: Any,
 ) -> Rig:
+    """A gate with the sidecar's default settings but for `settings`."""
     metrics = Metrics()
     stream = io.StringIO()
     authentication, policy = StandInAuthentication(), StandInPolicy()
@@ -174,7 +176,7 @@ def rig(
         reserved_app=own_endpoints,
         metrics=metrics,
         access_log=AccessLog(True, "json", stream),
-        options=GateOptions(**options),
+        options=GateOptions.from_settings(Settings(**settings)),
     )
     return Rig(gate, authentication, policy, upstream, metrics, stream)
 
