@@ -39,6 +39,7 @@ CONFIGURATION = ("authcar.config",)  # a module or a package: the rule covers ei
 PIPELINE_STAGES = (
     "authcar.gate",
     "authcar.authn",
+    "authcar.login",
     "authcar.policy",
     "authcar.upstream",
     "authcar.protocol",
@@ -50,6 +51,7 @@ PIPELINE_STAGES = (
 COMPOSITION = ("authcar.app", "authcar.server", "authcar.demo", "authcar.__main__")
 ABOVE_THE_WIRE = (
     "authcar.authn",
+    "authcar.login",
     "authcar.policy",
     "authcar.gate",
     "authcar.upstream",
@@ -146,7 +148,7 @@ def test_the_wire_level_knows_no_tokens_policy_or_gate() -> None:
 def test_authentication_and_authorization_know_nothing_of_each_other_or_what_follows() -> None:
     later = ("authcar.gate", "authcar.upstream", "authcar.identity_headers", "authcar.protocol", *COMPOSITION)
     assert violations(modules_in(["authcar.authn"]), ("authcar.policy", *later)) == []
-    assert violations(modules_in(["authcar.policy"]), ("authcar.authn", *later)) == []
+    assert violations(modules_in(["authcar.policy"]), ("authcar.authn", "authcar.login", *later)) == []
 
 
 def test_forwarding_knows_no_identity_stage() -> None:
