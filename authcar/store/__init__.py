@@ -1,10 +1,33 @@
-"""State behind one interface: an async key-value store with TTLs.
+"""State behind one interface: an async key-value store with TTLs, rate limits, member sets and
+sliding records.
 
-Only the in-memory backend exists (one per process, so not shared between workers or replicas); a
-Redis backend that all replicas share arrives with the shared-state work, behind the same interface.
+Two backends: memory (one per process, so not shared between workers or replicas) and Redis (one
+server, Sentinel or Cluster), which every replica shares; authcar.store.setup picks one from the
+settings.
 """
 
-from authcar.store.base import MAX_KEY_BYTES, MAX_TTL, MAX_VALUE_BYTES, Store, StoreUnavailable
+from authcar.store.base import (
+    MAX_KEY_BYTES,
+    MAX_MEMBERS,
+    MAX_TTL,
+    MAX_VALUE_BYTES,
+    Members,
+    RateDecision,
+    Store,
+    StoreFull,
+    StoreUnavailable,
+)
 from authcar.store.memory import MemoryStore
 
-__all__ = ["MAX_KEY_BYTES", "MAX_TTL", "MAX_VALUE_BYTES", "MemoryStore", "Store", "StoreUnavailable"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_MEMBERS",
+    "MAX_TTL",
+    "MAX_VALUE_BYTES",
+    "Members",
+    "MemoryStore",
+    "RateDecision",
+    "Store",
+    "StoreFull",
+    "StoreUnavailable",
+]

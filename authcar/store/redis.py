@@ -1,9 +1,14 @@
 """The shared store: Redis (one server, a Sentinel-managed master, or a Cluster) through redis-py's
 asyncio client.
 
-Keys: every key is `<prefix>v<SCHEMA>:<key>` (default `authcar:v1:<key>`), so authcar's keys are
+Keys: a plain key is `<prefix>v<SCHEMA>:<key>` (default `authcar:v1:<key>`), so authcar's keys are
 recognisable on a shared server and a future change of value formats can move to `v2:` without
 reading old values. Values are stored as they are given (bytes) and always with an expiry (PX).
+The structures live under `<prefix>v1/`: `rate:<key>` (a GCRA timestamp, µs of server time),
+`members:{<key>}` (a sorted set scored by each member's expiry) with `members:{<key>}:version`
+(both in one hash tag, so one Cluster node holds them), and `sliding:<key>` (a hash: value, idle
+time, absolute end). Each expires on its own: the rate state when the bucket is full again, the
+member set with its last member, the version after MAX_TTL without a change.
 
 Failures: every call runs under one deadline (`timeout`, AUTHCAR_REDIS_TIMEOUT) covering connecting,
 finding the Sentinel master, cluster redirections and the reply; the client itself does not retry
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,12 +49,31 @@ from authcar.redis_url import (
     parse_redis_url,
 )
 from authcar.store.base import (
+    MAX_MEMBERS,
+    MAX_TTL,
+    Members,
+    RateDecision,
+    StoreFull,
     StoreUnavailable,
     check_amount,
     check_key,
+    check_member,
+    check_rate,
+    check_sliding,
     check_ttl,
     check_value,
     ttl_millis,
+)
+from authcar.store.redis_scripts import (
+    ADD_MEMBER,
+    GET_SLIDING,
+    INCR,
+    MEMBERS,
+    RATE_LIMIT,
+    REMOVE_MEMBER,
+    SET_SLIDING,
+    TAKE,
+    Script,
 )
 
 SCHEMA = 1
@@ -64,36 +87,6 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Script:
-    """A Lua script and its SHA1 (how Redis names a cached script; not a security use)."""
-
-    source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest())
-
-
-# Create the counter with its TTL, or add to it keeping its TTL. The result is read back as a string:
-# Lua numbers are doubles and would round counters beyond 2^53.
-INCR = Script(
-    """
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return ARGV[1] end
-redis.call('INCRBY', KEYS[1], ARGV[1])
-return redis.call('GET', KEYS[1])
-"""
-)
-# GET and DEL in one step, for servers before 6.2 (no GETDEL).
-TAKE = Script(
-    """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('DEL', KEYS[1]) end
-return value
-"""
-)
-
-
-@dataclass(frozen=True)
 class RedisOptions:
     """How to reach Redis: the URL and the settings that refine it (AUTHCAR_REDIS_*)."""
 
@@ -102,6 +95,7 @@ class RedisOptions:
     ca_file: Path | None = None  # for rediss://; None: the system's CAs
     key_prefix: str = DEFAULT_KEY_PREFIX
     timeout: float = DEFAULT_TIMEOUT
+    max_members: int = MAX_MEMBERS  # per member set
 
     def __post_init__(self) -> None:
         # Raises ValueError with a redacted message; `target` is derived, never given.
@@ -129,7 +123,9 @@ class RedisStore:
         self.options = options
         self.target = options.target
         self.timeout = options.timeout
+        # Plain keys under `v1:`, the structures under `v1/<kind>:`: no plain key can name one.
         self._prefix = f"{options.key_prefix}v{SCHEMA}:"
+        self._structures = f"{options.key_prefix}v{SCHEMA}/"
         self._password = options.password if options.password is not None else self.target.password
         self._sentinel: Sentinel | None = None
         self._client: Redis | RedisCluster = self._connect()
@@ -214,14 +210,14 @@ class RedisStore:
                 if not isinstance(error.__cause__, ResponseError) or "unknown command" not in str(error):
                     raise
                 self._has_getdel = False
-        return await self._run("take", lambda client: self._eval(client, TAKE, [redis_key], []))
+        return await self._script("take", TAKE, [redis_key], [])
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float) -> int:
         check_key(key)
         check_amount(amount)
         check_ttl(ttl)
         args = [str(amount), ttl_millis(ttl)]
-        result = await self._run("incr", lambda client: self._eval(client, INCR, [self.key(key)], args))
+        result = await self._script("incr", INCR, [self.key(key)], args)
         return int(result)
 
     async def ttl(self, key: str) -> float | None:
@@ -230,6 +226,64 @@ class RedisStore:
         if millis == -2:
             return None
         return math.inf if millis == -1 else millis / 1000  # -1: written without expiry, not by authcar
+
+    async def rate_limit(self, key: str, *, rate: float, burst: int) -> RateDecision:
+        check_key(key)
+        check_rate(rate, burst)
+        keys, args = [self._structures + "rate:" + key], [repr(1_000_000 / rate), burst]
+        reply = await self._script("rate limit", RATE_LIMIT, keys, args)
+        allowed, retry_after, remaining, reset = reply
+        return RateDecision(bool(allowed), float(retry_after) / 1e6, int(remaining), float(reset) / 1e6)
+
+    def _member_keys(self, key: str) -> list[str]:
+        # One hash tag for both keys, so a Cluster keeps them on one node for the scripts.
+        members = f"{self._structures}members:{{{key}}}"
+        return [members, members + ":version"]
+
+    async def add_member(self, key: str, member: str, ttl: float) -> int:
+        check_key(key)
+        check_member(member)
+        check_ttl(ttl)
+        args = [member, ttl_millis(ttl), self.options.max_members, ttl_millis(MAX_TTL)]
+        keys = self._member_keys(key)
+        return int(await self._script("add member", ADD_MEMBER, keys, args))
+
+    async def remove_member(self, key: str, member: str) -> int:
+        check_key(key)
+        check_member(member)
+        keys, args = self._member_keys(key), [member, ttl_millis(MAX_TTL)]
+        return int(await self._script("remove member", REMOVE_MEMBER, keys, args))
+
+    async def members(self, key: str) -> Members:
+        check_key(key)
+        keys = self._member_keys(key)
+        version, now_ms, flat = await self._script("members", MEMBERS, keys, [])
+        now = int(now_ms)
+        found = {flat[i].decode(): (int(float(flat[i + 1])) - now) / 1000 for i in range(0, len(flat), 2)}
+        return Members(int(version), found)
+
+    async def members_version(self, key: str) -> int:
+        version_key = self._member_keys(key)[1]
+        check_key(key)
+        version = await self._run("members version", lambda client: client.get(version_key))
+        return 0 if version is None else int(version)
+
+    async def set_sliding(self, key: str, value: bytes, *, idle: float, max_age: float) -> None:
+        check_key(key)
+        check_value(value)
+        check_sliding(idle, max_age)
+        keys, args = [self._structures + "sliding:" + key], [value, ttl_millis(idle), ttl_millis(max_age)]
+        await self._script("set sliding", SET_SLIDING, keys, args)
+
+    async def get_sliding(self, key: str) -> bytes | None:
+        check_key(key)
+        keys = [self._structures + "sliding:" + key]
+        return await self._script("get sliding", GET_SLIDING, keys, [])
+
+    async def delete_sliding(self, key: str) -> None:
+        check_key(key)
+        sliding_key = self._structures + "sliding:" + key
+        await self._run("delete sliding", lambda client: client.delete(sliding_key))
 
     async def ping(self) -> None:
         if isinstance(self._client, RedisCluster):
@@ -247,6 +301,9 @@ class RedisStore:
                 await sentinel.aclose()
 
     # --- running a command ------------------------------------------------------------------------
+
+    async def _script(self, what: str, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return await self._run(what, lambda client: self._eval(client, script, keys, args))
 
     async def _eval(
         self, client: Redis | RedisCluster, script: Script, keys: list[str], args: list[Any]
@@ -268,6 +325,8 @@ class RedisStore:
         except TimeoutError:
             raise StoreUnavailable(f"redis {self.target}: {what} took more than {self.timeout:g}s") from None
         except ResponseError as error:
+            if "AUTHCAR_FULL" in str(error):
+                raise StoreFull(f"the member set holds {self.options.max_members} members") from None
             if what == "incr" and any(sign in str(error) for sign in _NOT_A_COUNTER):
                 raise ValueError(
                     f"the value is not a 64-bit decimal integer, or {what} would overflow it"

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from authcar.store import MemoryStore, StoreUnavailable
+from authcar.store import MemoryStore, StoreFull, StoreUnavailable
 from authcar.store.memory import SWEEP_BATCH
 from tests.support.store_conformance import KEYED_CALLS, StoreConformance
 
@@ -319,3 +319,61 @@ def test_the_model_counts_evictions_per_store() -> None:
     machine.get(key="k2")
     assert machine.store.evictions == 1
     machine.teardown()
+
+
+# --- the structures, on a controlled clock -------------------------------------------------------------
+
+
+def test_gcra_exactly(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    step = [run_now(store.rate_limit("k", rate=2, burst=2)) for _ in range(3)]  # 0.5 s apart on average
+    assert [(d.allowed, d.remaining) for d in step] == [(True, 1), (True, 0), (False, 0)]
+    assert step[2].retry_after == pytest.approx(0.5)
+    assert step[2].reset == pytest.approx(1.0)
+    clock.now += 0.5
+    assert run_now(store.rate_limit("k", rate=2, burst=2)).allowed
+    clock.now += 10  # full again, and its state expired
+    assert run_now(store.rate_limit("k", rate=2, burst=2)).remaining == 1
+    assert len(store) == 1
+
+
+def test_rate_limit_state_is_bounded_like_any_entry(clock: FakeClock) -> None:
+    store = MemoryStore(max_entries=10, clock=clock)
+    for i in range(1000):  # a flood of client addresses
+        run_now(store.rate_limit(f"ip:{i}", rate=1, burst=1))
+        assert len(store) <= 10
+
+
+def test_sliding_record_exactly(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    run_now(store.set_sliding("s", b"v", idle=10, max_age=25))
+    for _ in range(2):
+        clock.now += 9.9
+        assert run_now(store.get_sliding("s")) == b"v"
+    clock.now += 5.3  # 25.1 s after it was written, 5.3 s after the last read
+    assert run_now(store.get_sliding("s")) is None
+    run_now(store.set_sliding("s", b"w", idle=10, max_age=25))
+    clock.now += 10
+    assert run_now(store.get_sliding("s")) is None
+
+
+def test_member_set_exactly(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_members=2)
+    run_now(store.add_member("set", "a", 10))
+    run_now(store.add_member("set", "b", 20))
+    with pytest.raises(StoreFull):
+        run_now(store.add_member("set", "c", 5))
+    clock.now += 10  # "a" expires exactly now
+    assert dict(run_now(store.members("set")).members) == {"b": 10}
+    run_now(store.add_member("set", "c", 5))
+    clock.now += 20
+    assert dict(run_now(store.members("set")).members) == {}
+    assert store._sets == {}  # an emptied set leaves nothing behind but its version
+    assert run_now(store.members_version("set")) > 0
+
+
+def test_adding_to_a_large_member_set_does_not_rescan_it(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    for i in range(20_000):  # quadratic, this would take minutes
+        run_now(store.add_member("set", f"m{i}", 100 + i))
+    assert len(run_now(store.members("set")).members) == 20_000

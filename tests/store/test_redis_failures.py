@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from authcar.store import StoreUnavailable
+from authcar.store import StoreFull, StoreUnavailable
 from authcar.store.redis import RedisOptions, RedisStore
 from tests.support.redis_servers import (
     FAILOVER_TIMEOUT,
@@ -254,3 +254,60 @@ async def test_rediss_verifies_the_server_against_the_ca_file(tmp_path: Path) ->
         finally:
             for store in (trusted, untrusted, system_cas, plain):
                 await store.close()
+
+
+async def test_structures_are_namespaced_tagged_and_expire(tmp_path: Path) -> None:
+    with standalone(tmp_path) as server:
+        store = RedisStore(RedisOptions(server.url, timeout=5))
+        try:
+            await store.rate_limit("client:abc", rate=1, burst=5)
+            await store.add_member("revocations", "jti:x", 60)
+            await store.set_sliding("session:1", b"v", idle=30, max_age=60)
+            with server.server.client() as client:
+                keys = sorted(client.keys("*"))
+                assert keys == [
+                    b"authcar:v1/members:{revocations}",
+                    b"authcar:v1/members:{revocations}:version",
+                    b"authcar:v1/rate:client:abc",
+                    b"authcar:v1/sliding:session:1",
+                ]
+                assert all(client.pttl(key) > 0 for key in keys)
+                assert client.pttl(b"authcar:v1/rate:client:abc") <= 1000  # one of five used: 1 s to refill
+                assert (
+                    client.pttl(b"authcar:v1/sliding:session:1") <= 30_000
+                )  # the idle time, not the max age
+        finally:
+            await store.close()
+
+
+async def test_a_full_member_set_refuses_new_members(tmp_path: Path) -> None:
+    with standalone(tmp_path) as server:
+        store = RedisStore(RedisOptions(server.url, timeout=5, max_members=3))
+        try:
+            for member in ("a", "b", "c"):
+                await store.add_member("set", member, 60)
+            version = await store.members_version("set")
+            with pytest.raises(StoreFull, match="3 members"):
+                await store.add_member("set", "d", 60)
+            assert await store.members_version("set") == version  # nothing changed
+            await store.add_member("set", "a", 120)  # a present member may be renewed
+            await store.remove_member("set", "b")
+            await store.add_member("set", "d", 60)
+            assert set((await store.members("set")).members) == {"a", "c", "d"}
+        finally:
+            await store.close()
+
+
+async def test_member_versions_never_repeat_after_redis_lost_its_data(tmp_path: Path) -> None:
+    # A local view at version v must see a change after a restart without persistence, even though
+    # the counter started again: versions come from the server's clock.
+    with standalone(tmp_path) as server:
+        store = RedisStore(RedisOptions(server.url, timeout=5))
+        try:
+            before = await store.add_member("revocations", "jti:x", 60)
+            server.server.restart()
+            assert await until_available(store, "k", bound=30) is None
+            assert await store.members_version("revocations") == 0
+            assert await store.add_member("revocations", "jti:y", 60) > before
+        finally:
+            await store.close()

@@ -53,6 +53,14 @@ VALUE_CALLS: dict[str, Callable[[Store, object], Awaitable[object]]] = {
 }
 ALL_CALLS: dict[str, Call] = {
     **{name: (lambda store, call=call: call(store, "k")) for name, call in KEYED_CALLS.items()},
+    "rate_limit": lambda store: store.rate_limit("k", rate=1, burst=1),
+    "add_member": lambda store: store.add_member("k", "m", 10),
+    "remove_member": lambda store: store.remove_member("k", "m"),
+    "members": lambda store: store.members("k"),
+    "members_version": lambda store: store.members_version("k"),
+    "set_sliding": lambda store: store.set_sliding("k", b"v", idle=1, max_age=2),
+    "get_sliding": lambda store: store.get_sliding("k"),
+    "delete_sliding": lambda store: store.delete_sliding("k"),
     "ping": lambda store: store.ping(),
 }
 
@@ -391,3 +399,220 @@ class StoreConformance:
         with pytest.raises(StoreUnavailable):
             await ALL_CALLS[operation](store)
         await store.close()  # idempotent
+
+    # --- rate limits (GCRA) -------------------------------------------------------------------------
+
+    async def test_rate_limit_passes_the_burst_then_refuses(self, store: Store) -> None:
+        # 0.1/s: a request every 10 s on average, three at once.
+        since = time.monotonic()
+        decisions = [await store.rate_limit("client", rate=0.1, burst=3) for _ in range(4)]
+        elapsed = time.monotonic() - since
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+        assert [d.retry_after for d in decisions[:3]] == [0, 0, 0]
+        refused = decisions[3]
+        assert 10 - elapsed - CLOCK_SLACK <= refused.retry_after <= 10 + CLOCK_SLACK
+        assert 30 - elapsed - CLOCK_SLACK <= refused.reset <= 30 + CLOCK_SLACK
+        assert 10 - elapsed - CLOCK_SLACK <= decisions[0].reset <= 10 + CLOCK_SLACK
+        # A refused request is not counted: the next one is refused for the same reason, not later.
+        again = await store.rate_limit("client", rate=0.1, burst=3)
+        assert not again.allowed
+        assert again.retry_after <= refused.retry_after + CLOCK_SLACK
+        assert (await store.rate_limit("other-client", rate=0.1, burst=3)).allowed
+
+    async def test_rate_limit_refills_at_the_steady_rate(self, store: Store) -> None:
+        interval = 0.05  # 20/s, one at a time
+        first = time.monotonic()
+        assert (await store.rate_limit("steady", rate=20, burst=1)).allowed
+        while True:
+            decision = await store.rate_limit("steady", rate=20, burst=1)
+            if decision.allowed:
+                break
+            assert 0 < decision.retry_after <= interval + CLOCK_SLACK
+            assert time.monotonic() - first < interval + EXPIRY_GRACE, "the limit never refilled"
+            await asyncio.sleep(0.005)
+        assert time.monotonic() - first >= interval - CLOCK_SLACK
+
+    async def test_rate_limit_is_atomic_under_concurrency(self, store: Store) -> None:
+        decisions = await asyncio.gather(
+            *(store.rate_limit("crowd", rate=0.01, burst=10) for _ in range(100))
+        )
+        assert sum(d.allowed for d in decisions) == 10
+        assert sorted(d.remaining for d in decisions if d.allowed) == list(range(10))
+
+    async def test_rate_limits_have_their_own_namespace(self, store: Store) -> None:
+        await store.rate_limit("shared-name", rate=1, burst=1)
+        assert await store.get("shared-name") is None
+        await store.set("shared-name", b"plain", 10)
+        assert (await store.rate_limit("shared-name", rate=1, burst=1)).allowed is False
+        assert await store.get("shared-name") == b"plain"
+
+    @pytest.mark.parametrize(
+        ("rate", "burst", "error"),
+        [
+            (0, 1, ValueError),
+            (-1, 1, ValueError),
+            (math.nan, 1, ValueError),
+            (math.inf, 1, ValueError),
+            (2_000_000, 1, ValueError),
+            (1, 0, ValueError),
+            (1, 2_000_000, ValueError),
+            (1e-9, 1, ValueError),  # refills in 31 years
+            ("1", 1, TypeError),
+            (True, 1, TypeError),
+            (1, 1.5, TypeError),
+            (1, True, TypeError),
+        ],
+    )
+    async def test_bad_rate_limit_is_refused(
+        self, store: Store, rate: object, burst: object, error: type[Exception]
+    ) -> None:
+        with pytest.raises(error, match=r"rate|burst"):
+            await store.rate_limit("k", rate=rate, burst=burst)  # type: ignore[arg-type]
+
+    # --- member sets --------------------------------------------------------------------------------
+
+    async def test_members_with_their_expiry_and_version(self, store: Store) -> None:
+        empty = await store.members("revoked")
+        assert (empty.version, dict(empty.members)) == (0, {})
+        assert await store.members_version("revoked") == 0
+        since = time.monotonic()
+        first = await store.add_member("revoked", "jti:abc", 30)
+        second = await store.add_member("revoked", "sub:ключ", 300)
+        assert 0 < first < second
+        listed = await store.members("revoked")
+        assert listed.version == second == await store.members_version("revoked")
+        assert set(listed.members) == {"jti:abc", "sub:ключ"}
+        assert_remaining(listed.members["jti:abc"], 30, since)
+        assert_remaining(listed.members["sub:ключ"], 300, since)
+        third = await store.remove_member("revoked", "jti:abc")
+        assert third > second
+        assert set((await store.members("revoked")).members) == {"sub:ключ"}
+        assert await store.remove_member("revoked", "never-added") > third  # a change all the same
+        assert (await store.members("other-set")).members == {}
+
+    async def test_re_adding_a_member_takes_the_new_expiry(self, store: Store) -> None:
+        await store.add_member("set", "m", 300)
+        since = time.monotonic()
+        await store.add_member("set", "m", 20)
+        listed = await store.members("set")
+        assert list(listed.members) == ["m"]
+        assert_remaining(listed.members["m"], 20, since)
+
+    async def test_a_member_expires_after_its_ttl(self, store: Store) -> None:
+        start = time.monotonic()
+        await store.add_member("set", "short", SHORT_TTL)
+        await store.add_member("set", "long", 30)
+        while "short" in (await store.members("set")).members:
+            assert time.monotonic() - start < SHORT_TTL + EXPIRY_GRACE, "the member did not expire"
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - start >= SHORT_TTL - CLOCK_SLACK
+        assert set((await store.members("set")).members) == {"long"}
+        # The set survives its expired members, and accepts them again.
+        assert await store.add_member("set", "short", 30) > 0
+        assert set((await store.members("set")).members) == {"short", "long"}
+
+    async def test_every_change_gets_its_own_version(self, store: Store) -> None:
+        versions = await asyncio.gather(*(store.add_member("crowd", f"m{i}", 30) for i in range(50)))
+        assert len(set(versions)) == 50
+        listed = await store.members("crowd")
+        assert len(listed.members) == 50
+        assert listed.version == max(versions)
+
+    async def test_member_sets_have_their_own_namespace(self, store: Store) -> None:
+        await store.add_member("name", "m", 30)
+        assert await store.get("name") is None
+        await store.set("name", b"plain", 30)
+        assert list((await store.members("name")).members) == ["m"]
+
+    @pytest.mark.parametrize("member", list(BAD_KEYS.values()), ids=list(BAD_KEYS))
+    async def test_bad_member_is_refused(self, store: Store, member: str) -> None:
+        with pytest.raises(ValueError, match="set member"):
+            await store.add_member("set", member, 30)
+        with pytest.raises(ValueError, match="set member"):
+            await store.remove_member("set", member)
+        assert await store.members_version("set") == 0
+
+    async def test_bad_member_set_input_is_refused(self, store: Store) -> None:
+        with pytest.raises(TypeError, match="set member"):
+            await store.add_member("set", b"bytes", 30)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="store key"):
+            await store.members("a b")
+        with pytest.raises(ValueError, match="store key"):
+            await store.members_version("")
+        with pytest.raises(ValueError, match="ttl"):
+            await store.add_member("set", "m", 0)
+        assert await store.members_version("set") == 0
+
+    # --- sliding records ----------------------------------------------------------------------------
+
+    async def test_sliding_record_roundtrips_and_ends(self, store: Store) -> None:
+        assert await store.get_sliding("session") is None
+        await store.set_sliding("session", bytes(range(256)), idle=30, max_age=300)
+        assert await store.get_sliding("session") == bytes(range(256))
+        await store.set_sliding("session", b"", idle=30, max_age=300)  # replaces
+        assert await store.get_sliding("session") == b""
+        await store.delete_sliding("session")
+        assert await store.get_sliding("session") is None
+        await store.delete_sliding("session")
+
+    async def test_sliding_record_ends_when_not_read_for_its_idle_time(self, store: Store) -> None:
+        await store.set_sliding("idle", b"v", idle=SHORT_TTL, max_age=30)
+        await asyncio.sleep(SHORT_TTL + 0.15)
+        assert await store.get_sliding("idle") is None
+
+    async def test_reading_renews_the_idle_time(self, store: Store) -> None:
+        idle = 1.0
+        created = last_read = time.monotonic()
+        await store.set_sliding("busy", b"v", idle=idle, max_age=60)
+        while time.monotonic() - created < 2.5 * idle:
+            await asyncio.sleep(idle / 5)
+            value = await store.get_sliding("busy")
+            now = time.monotonic()
+            if now - last_read < idle - CLOCK_SLACK:  # a stall longer than that may end it, rightly
+                assert value == b"v", "a record read within its idle time ended"
+            if value is None:
+                pytest.skip("this machine stalled longer than the idle time")
+            last_read = now
+
+    async def test_sliding_record_ends_at_its_max_age_however_often_read(self, store: Store) -> None:
+        start = time.monotonic()
+        await store.set_sliding("capped", b"v", idle=30, max_age=SHORT_TTL)
+        while await store.get_sliding("capped") is not None:
+            assert time.monotonic() - start < SHORT_TTL + EXPIRY_GRACE, "the record outlived its max age"
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - start >= SHORT_TTL - CLOCK_SLACK
+
+    async def test_sliding_records_have_their_own_namespace(self, store: Store) -> None:
+        await store.set_sliding("name", b"sliding", idle=30, max_age=60)
+        assert await store.get("name") is None
+        await store.set("name", b"plain", 30)
+        await store.delete("name")
+        assert await store.get_sliding("name") == b"sliding"
+
+    @pytest.mark.parametrize(
+        ("idle", "max_age", "match"),
+        [
+            (0, 10, "idle"),
+            (-1, 10, "idle"),
+            (math.nan, 10, "idle"),
+            (10, 0, "max_age"),
+            (10, MAX_TTL * 2, "max_age"),
+        ],
+    )
+    async def test_bad_sliding_times_are_refused(
+        self, store: Store, idle: float, max_age: float, match: str
+    ) -> None:
+        with pytest.raises(ValueError, match=match):
+            await store.set_sliding("k", b"v", idle=idle, max_age=max_age)
+        assert await store.get_sliding("k") is None
+
+    async def test_bad_sliding_input_is_refused(self, store: Store) -> None:
+        with pytest.raises(TypeError, match="store value"):
+            await store.set_sliding("k", "text", idle=1, max_age=2)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="store value"):
+            await store.set_sliding("k", b"x" * (MAX_VALUE_BYTES + 1), idle=1, max_age=2)
+        with pytest.raises(ValueError, match="store key"):
+            await store.get_sliding("a\nb")
+        with pytest.raises(ValueError, match="store key"):
+            await store.delete_sliding("")
