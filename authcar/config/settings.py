@@ -15,9 +15,12 @@ from authcar.jose import DEFAULT_LEEWAY, MAX_LEEWAY
 from authcar.redis_url import DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT
 
 ENV_PREFIX = "AUTHCAR_"
+HOST_PREFIX = "__Host-"  # cookie name prefix browsers hold to Secure, Path=/ and no Domain (RFC 6265bis)
+DEFAULT_COOKIE_NAME = HOST_PREFIX + "authcar"
 
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+CookieSameSite = Literal["lax", "strict", "none"]
 
 
 def setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -147,6 +150,51 @@ class Settings:
         " client-sent certificate headers are always removed",
     )
 
+    # Browser login (CONTRACT "Browser login"): the settings are read and checked, the feature is not
+    # there yet, so AUTHCAR_LOGIN=true is refused (validation/login.py).
+    login: bool = setting(
+        False, "browser login (OIDC code + PKCE): not available in this version; `true` is refused at start"
+    )
+    oidc_redirect_url: str | None = setting(
+        None,
+        "(browser login, once it lands) the callback URL registered at the provider, e.g. https://app.example/oauth2/callback",
+    )
+    oidc_scopes: str = setting(
+        "openid profile email", "(browser login, once it lands) scopes asked for, space-separated"
+    )
+    cookie_secret: str | None = setting(
+        None,
+        "(browser login, once it lands) at least 32 random bytes that sign the login-state cookie",
+        secret=True,
+    )
+    cookie_name: str = setting(
+        DEFAULT_COOKIE_NAME,
+        "(browser login, once it lands) the session cookie's name (without Secure the default loses `__Host-`)",
+    )
+    cookie_secure: bool = setting(
+        True, "(browser login, once it lands) Secure cookies; `false` only for plain-HTTP development"
+    )
+    cookie_samesite: CookieSameSite = setting(
+        "lax", "(browser login, once it lands) the cookies' SameSite (lax, strict or none)"
+    )
+    session_idle_timeout: int = setting(
+        3600, "(browser login, once it lands) seconds an unused session lasts"
+    )
+    session_max_age: int = setting(86400, "(browser login, once it lands) seconds any session lasts")
+    allowed_redirect_hosts: tuple[str, ...] = setting(
+        (),
+        "(browser login, once it lands) hosts (`host` or `host:port`) a return-to or post-logout target"
+        " may name besides ours",
+    )
+    post_logout_redirect_url: str | None = setting(
+        None, "(browser login, once it lands) where the provider sends the browser after RP-initiated logout"
+    )
+    pass_access_token: bool = setting(
+        False,
+        "(browser login, once it lands) give a session's access token to the app"
+        " as X-Auth-Request-Access-Token",
+    )
+
     policy_dir: Path = setting(
         Path("policies"),
         "directory with model.conf and policy.csv (a mounted ConfigMap); watched and reloaded",
@@ -273,6 +321,13 @@ class Settings:
             client_secret=self.oidc_client_secret,
         )
         return (from_env, *self.issuers)
+
+    def session_cookie_name(self) -> str:
+        """AUTHCAR_COOKIE_NAME as browsers will accept it: a `__Host-` cookie must be Secure, so without
+        AUTHCAR_COOKIE_SECURE the default name drops the prefix (another `__Host-` name is refused)."""
+        if not self.cookie_secure and self.cookie_name == DEFAULT_COOKIE_NAME:
+            return self.cookie_name.removeprefix(HOST_PREFIX)
+        return self.cookie_name
 
     def all_issuers(self) -> tuple[IssuerSettings, ...]:
         """Every trusted issuer with inherited fields filled in from the top-level settings."""

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from authcar.config.hosts import split_host_port, valid_port
+
 FALLBACK = "/"
 MAX_TARGET_BYTES = 2048  # longer targets are nobody's bookmark
 MAX_DECODE_ROUNDS = 4  # `%25` nests: decode until stable; what is still encoded after this is refused
@@ -30,10 +32,6 @@ ABSOLUTE = re.compile(
     r"(?P<rest>[/?#].*)?",
     re.IGNORECASE | re.DOTALL,
 )
-DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-IPV4_OCTET = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
-# A last label browsers read as a number (the WHATWG host parser then reads the host as IPv4).
-NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Unicode categories refused once decoded: controls (CR, LF, NUL, tab), format (bidi, zero-width),
 # line and paragraph separators.
@@ -50,25 +48,10 @@ class Origin:
 
     @classmethod
     def parse(cls, value: str, *, scheme: str) -> Origin:
-        """`host` or `host:port` (an AUTHCAR_ALLOWED_REDIRECT_HOSTS entry) with our scheme; ValueError
-        for anything but a DNS name (IDN in punycode) or a dotted-decimal IPv4 address."""
-        host, colon, port = value.strip().lower().partition(":")
-        if not valid_host(host) or (colon and not valid_port(port)):
-            raise ValueError(f"not a host or host:port: {value!r}")
-        return cls(scheme, host, int(port) if colon else DEFAULT_PORTS[scheme])
-
-
-def valid_host(host: str) -> bool:
-    labels = host.split(".")
-    if len(host) > 253 or not all(DNS_LABEL.fullmatch(label) for label in labels):
-        return False
-    if NUMERIC_LABEL.fullmatch(labels[-1]):  # then only canonical IPv4, which every parser agrees on
-        return len(labels) == 4 and all(IPV4_OCTET.fullmatch(label) for label in labels)
-    return True
-
-
-def valid_port(port: str) -> bool:
-    return port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+        """`host` or `host:port` (an AUTHCAR_ALLOWED_REDIRECT_HOSTS entry, authcar/config/hosts.py's
+        syntax) with our scheme; ValueError for anything else."""
+        host, port = split_host_port(value)
+        return cls(scheme, host, DEFAULT_PORTS[scheme] if port is None else port)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from authcar.config.validation.introspection import validate_introspection
 from authcar.config.validation.issuers import issuer_warnings, validate_issuers
 from authcar.config.validation.limits import validate_limits
 from authcar.config.validation.listener import validate_listener
+from authcar.config.validation.login import login_warnings, validate_login
 from authcar.config.validation.store import store_warnings, validate_store
 from authcar.config.validation.upstream import validate_upstream
 
@@ -28,11 +29,12 @@ VALIDATORS: tuple[Validator, ...] = (
     validate_upstream,
     validate_issuers,
     validate_introspection,
+    validate_login,
     validate_authorization,
     validate_limits,
     validate_store,
 )
-WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings)
+WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings, login_warnings)
 
 
 def validate(s: Settings) -> list[Problem]:
