@@ -18,5 +18,12 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float = 0.0
-    error: str = ""  # upstream error kind, if any
+    error: str = ""  # the failure's kind, if the exchange failed
     client_gone: bool = False
+    # The client, not the application, ended the exchange (left, or sent a body it may not send):
+    # logged as the failure, but not counted as an upstream error.
+    client_caused: bool = False
+
+    def client_failed(self, kind: str) -> None:
+        self.error = kind
+        self.client_caused = True

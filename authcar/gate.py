@@ -57,8 +57,6 @@ WELL_KNOWN_PREFIX = "/.well-known/authcar/"
 # TRACE echoes the request, with the identity headers the sidecar adds, back to the caller (XST);
 # CONNECT would turn the sidecar into a tunnel. Neither has a place in front of an application.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
-# Exchange errors caused by the client, not the application: logged, but not upstream errors.
-CLIENT_SIDE_ERRORS = frozenset({"client_gone", "body_too_large", "body_refused"})
 # HTTP/2 and later arrive over TLS ALPN or not at all; a request line claiming them is not served.
 SERVED_VERSIONS = frozenset({"1.0", "1.1"})
 WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
@@ -366,7 +364,7 @@ class Gate:
         metrics.request_duration.observe(duration)
         if exchange.upstream_seconds:
             metrics.upstream_duration.observe(exchange.upstream_seconds)
-        if exchange.error and exchange.error not in CLIENT_SIDE_ERRORS:
+        if exchange.error and not exchange.client_caused:
             metrics.upstream_errors.labels(kind=exchange.error).inc()
         access_log = self.access_log
         if not access_log.enabled:

@@ -244,13 +244,13 @@ class Upstream:
         """What went wrong before the upstream answered, as the error the client gets: the client's
         body first (the upstream leg may have failed only because the body did)."""
         if body is not None and body.too_large:
-            exchange.error = "body_too_large"
+            exchange.client_failed("body_too_large")
             return PayloadTooLarge()
         if body is not None and body.refused is not None:
-            exchange.error = "body_refused"
+            exchange.client_failed("body_refused")
             return body.refused
         if body is not None and body.client_gone:
-            exchange.error = "client_gone"
+            exchange.client_failed("client_gone")
             exchange.client_gone = True
             return BadGateway("the client disconnected", code="client_closed_request")
         exchange.error = failure.kind

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import pytest
 
 from authcar.config import Settings
-from authcar.errors import BadGateway, Unauthorized
+from authcar.errors import BadGateway, PayloadTooLarge, Unauthorized
 from authcar.exchange import Exchange
 from authcar.gate import Gate, GateOptions
 from authcar.headers import Framed, HeaderRules
@@ -91,9 +91,10 @@ class Forwarded:
 class StandInUpstream:
     """Answers 200 "hello" (or fails as told) and records every request it was given."""
 
-    def __init__(self, *, fail_with: str = "") -> None:
+    def __init__(self, *, fail_with: str = "", client_failed: str = "") -> None:
         self.seen: list[Forwarded] = []
         self.fail_with = fail_with
+        self.client_failed = client_failed
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, framed: Framed, exchange: Exchange
@@ -102,6 +103,9 @@ class StandInUpstream:
         if self.fail_with:
             exchange.error = self.fail_with
             raise BadGateway("the application is not reachable", code="upstream_unreachable")
+        if self.client_failed:
+            exchange.client_failed(self.client_failed)
+            raise PayloadTooLarge()
         exchange.status, exchange.upstream_seconds = 200, 0.001
         await send(
             {
@@ -414,6 +418,18 @@ async def test_an_upstream_failure_is_answered_and_counted_by_its_kind() -> None
         r.metrics.registry.get_sample_value("authcar_upstream_errors_total", {"kind": "connect_failed"}) == 1
     )
     assert r.requests_counted(502, "error") == 1
+
+
+async def test_a_failure_the_client_caused_is_logged_but_not_counted_against_the_application() -> None:
+    r = rig(upstream=StandInUpstream(client_failed="body_too_large"))
+    answer = await call(r.gate, scope_for("GET", "/items", [(b"authorization", b"Bearer alice")]))
+    assert answer.status == 413
+    line = r.only_line()
+    assert (line["upstream_error"], line["status"]) == ("body_too_large", 413)
+    assert (
+        r.metrics.registry.get_sample_value("authcar_upstream_errors_total", {"kind": "body_too_large"})
+        is None
+    )
 
 
 async def test_a_websocket_handshake_goes_through_the_same_stages() -> None:
