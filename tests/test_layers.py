@@ -34,6 +34,7 @@ VOCABULARY = (
     "authcar.paths",
     "authcar.extensions",
     "authcar.exchange",
+    "authcar.redis_url",
 )
 CONFIGURATION = ("authcar.config",)  # a module or a package: the rule covers either
 PIPELINE_STAGES = (
