@@ -1,0 +1,55 @@
+"""Session records for browser login: each a sliding record (ends after `idle` seconds unused, and
+`max_age` after it began, whatever happens), indexed by subject, so one back-channel logout ends
+every session of a user on every replica.
+
+Keys hold digests, never the session id or subject themselves: both come from outside (a cookie, a
+logout token) and a session id is a bearer secret. `session:<sha256(sid)>` is the record, its value
+`<sha256(sub)> <data>`; `sessions-of:<sha256(sub)>` is a member set of the subject's session
+digests. The index is written before the record, so a record is never missing from it; an index
+entry whose record is gone is harmless (ending it is a no-op) and expires with the session's
+`max_age`. Every call may raise StoreUnavailable: sessions fail closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from authcar.store.base import Store
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SessionRecords:
+    def __init__(self, store: Store, *, idle: float, max_age: float) -> None:
+        self.store = store
+        self.idle = idle
+        self.max_age = max_age
+
+    async def create(self, sid: str, sub: str, data: bytes) -> None:
+        session, subject = digest(sid), digest(sub)
+        await self.store.add_member(f"sessions-of:{subject}", session, self.max_age)
+        value = subject.encode() + b" " + data
+        await self.store.set_sliding(f"session:{session}", value, idle=self.idle, max_age=self.max_age)
+
+    async def load(self, sid: str) -> bytes | None:
+        """The session's data, renewing its idle time; None if it ended or never was."""
+        value = await self.store.get_sliding(f"session:{digest(sid)}")
+        return None if value is None else value.partition(b" ")[2]
+
+    async def end(self, sid: str) -> None:
+        session = digest(sid)
+        value = await self.store.get_sliding(f"session:{session}")
+        await self.store.delete_sliding(f"session:{session}")
+        if value is not None:
+            await self.store.remove_member(f"sessions-of:{value.partition(b' ')[0].decode()}", session)
+
+    async def end_subject(self, sub: str) -> int:
+        """End every session of `sub` (back-channel logout by subject); how many index entries."""
+        index = f"sessions-of:{digest(sub)}"
+        sessions = list((await self.store.members(index)).members)
+        for session in sessions:
+            await self.store.delete_sliding(f"session:{session}")
+            await self.store.remove_member(index, session)
+        return len(sessions)

@@ -1,0 +1,57 @@
+"""SessionRecords: a session written on one replica is read on another; it ends when unused, at its
+max age, by id, or with every other session of its subject."""
+
+from __future__ import annotations
+
+import asyncio
+
+from authcar.store.sessions import SessionRecords, digest
+from tests.store.conftest import StoreFactory
+
+
+async def test_a_session_written_by_one_replica_is_read_by_another(shared_store: StoreFactory) -> None:
+    one = SessionRecords(shared_store(), idle=60, max_age=600)
+    other = SessionRecords(shared_store(), idle=60, max_age=600)
+    await one.create("sid-1", "alice", b'{"access_token": "..."}')
+    assert await other.load("sid-1") == b'{"access_token": "..."}'
+    assert await other.load("sid-unknown") is None
+
+
+async def test_ending_a_session_by_id(shared_store: StoreFactory) -> None:
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    await sessions.create("sid-1", "alice", b"one")
+    await sessions.create("sid-2", "alice", b"two")
+    await SessionRecords(shared_store(), idle=60, max_age=600).end("sid-1")
+    assert await sessions.load("sid-1") is None
+    assert await sessions.load("sid-2") == b"two"
+    index = (await sessions.store.members(f"sessions-of:{digest('alice')}")).members
+    assert list(index) == [digest("sid-2")]
+    await sessions.end("sid-1")  # again: nothing to do
+
+
+async def test_back_channel_logout_ends_every_session_of_the_subject(shared_store: StoreFactory) -> None:
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    await asyncio.gather(*(sessions.create(f"alice-{i}", "alice", b"a") for i in range(5)))
+    await sessions.create("bob-1", "bob", b"b")
+    logout = SessionRecords(shared_store(), idle=60, max_age=600)  # on another replica
+    assert await logout.end_subject("alice") == 5
+    assert [await sessions.load(f"alice-{i}") for i in range(5)] == [None] * 5
+    assert await sessions.load("bob-1") == b"b"
+    assert await logout.end_subject("alice") == 0
+
+
+async def test_an_unused_session_ends_after_its_idle_time(shared_store: StoreFactory) -> None:
+    sessions = SessionRecords(shared_store(), idle=0.2, max_age=600)
+    await sessions.create("sid", "alice", b"v")
+    await asyncio.sleep(0.35)
+    assert await sessions.load("sid") is None
+
+
+async def test_ids_and_subjects_from_outside_never_become_keys(shared_store: StoreFactory) -> None:
+    # A cookie or a logout token may carry anything: spaces, control characters, lone surrogates,
+    # kilobytes. Each becomes a fixed-size digest, so no key rule refuses it.
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    for odd in ("a b", "\x00\r\n", "\ud800", "{tag}", "x" * 10_000):
+        await sessions.create(odd, odd, b"v")
+        assert await sessions.load(odd) == b"v"
+        assert await sessions.end_subject(odd) == 1
