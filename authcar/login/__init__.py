@@ -1,7 +1,11 @@
 """Browser login (OIDC authorization code + PKCE): the parts that need no gate or session store yet.
 
 - `redirects`: whether a return-to (`rd`) or post-logout target may be followed, else `/`;
-- `state`: the signed, short-lived login-state cookie (state, nonce, PKCE verifier, return-to).
+- `state`: the signed, short-lived login-state cookie (state, nonce, PKCE verifier, return-to);
+- `request`: the authorization request `/oauth2/start` sends the browser to;
+- `callback`: what the provider's redirect to `/oauth2/callback` says (code or error, state, iss);
+- `tokens`: the ID-token and logout-token claim checks beyond those of any token.
 
-Nothing here is wired into the gate: AUTHCAR_LOGIN is refused at start until it is.
+Nothing here is wired into the gate: AUTHCAR_LOGIN is refused at start until it is. This module
+imports nothing, so importing one part loads only that part.
 """
