@@ -572,6 +572,44 @@ async def test_short_access_token_lifetimes_and_refresh_after_expiry(
     assert (await http.post(idp.token_endpoint, data=again, auth=AUTH)).status_code == 400
 
 
+async def test_a_reused_refresh_token_can_end_the_session(idp: IdP, http: httpx.AsyncClient) -> None:
+    """What makes "refresh once per session, across replicas" testable: a relying party that refreshes
+    twice with one token loses the session, as with Keycloak's refresh token revocation."""
+    idp.reused_refresh_ends_session = True
+    tokens = await log_in(http, idp)
+    sid = verify(tokens["id_token"], await fetch_jwks(http, idp), idp, audience="authcar")["sid"]
+    form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    first, second = await asyncio.gather(
+        http.post(idp.token_endpoint, data=form, auth=AUTH),
+        http.post(idp.token_endpoint, data=form, auth=AUTH),
+    )
+    assert sorted([first.status_code, second.status_code]) == [200, 400]
+    assert idp.refreshes[sid] == 1
+    renewed = (first if first.status_code == 200 else second).json()
+    assert (await introspect(http, idp, renewed["access_token"])) == {"active": False}
+    again = {"grant_type": "refresh_token", "refresh_token": renewed["refresh_token"]}
+    assert (await http.post(idp.token_endpoint, data=again, auth=AUTH)).status_code == 400
+
+
+async def test_rp_initiated_logout_can_send_a_backchannel_logout_too(
+    idp: IdP, http: httpx.AsyncClient
+) -> None:
+    with relying_party() as rp:
+        idp.register_client("authcar", "authcar-secret", backchannel_logout_uri=rp.url("/backchannel"))
+        tokens = await log_in(http, idp)
+        hint = {"id_token_hint": tokens["id_token"]}
+        assert (await http.get(idp.end_session_endpoint, params=hint)).status_code == 200
+        assert rp.logout_tokens == []  # off unless asked for
+        idp.backchannel_on_logout = True
+        tokens = await log_in(http, idp)
+        assert (
+            await http.get(idp.end_session_endpoint, params={"id_token_hint": tokens["id_token"]})
+        ).status_code == 200
+        [delivered] = rp.logout_tokens
+        sid = verify(tokens["id_token"], await fetch_jwks(http, idp), idp, audience="authcar")["sid"]
+        assert (header_of(delivered, 1)["sid"], header_of(delivered, 1)["sub"]) == (sid, "alice")
+
+
 # -- the sign-in page
 
 
@@ -747,8 +785,9 @@ async def test_admin_api_delivers_backchannel_logout_for_a_provider_in_its_own_p
         assert answer["status"] == 200
         assert header_of(rp.logout_tokens[0], 1)["nonce"] == "bad"
         assert running.client.backchannel_deliveries == [(rp.url("/backchannel"), 200)]
-        running.client.configure(interactive=True)
+        running.client.configure(interactive=True, reused_refresh_ends_session=True)
         assert running.client.call("describe")["interactive"] is True
+        assert running.client.refreshes("no-such-sid") == 0
 
 
 # -- failure modes

@@ -49,6 +49,8 @@ CONFIGURABLE = frozenset(
         "discovery_overrides",
         "introspection_auth_methods",
         "interactive",
+        "reused_refresh_ends_session",
+        "backchannel_on_logout",
     }
 )
 
@@ -161,7 +163,12 @@ class Endpoints:
         params = single_values(request.query_params.multi_items())
         if request.method == "POST":
             params.update(await read_form(request))
-        target = oauth.logout(self.idp, params)
+        target, sid = oauth.logout(self.idp, params)
+        login = self.idp.logins.get(sid) if sid is not None else None
+        if self.idp.backchannel_on_logout and login is not None and login.client.backchannel_logout_uri:
+            await self.idp.backchannel_logout(
+                login.client.client_id, sid=login.sid, sub=login.user.sub, end_session=False
+            )
         return PlainTextResponse("logged out") if target is None else RedirectResponse(target, 302)
 
     async def admin(self, request: Request) -> Response:

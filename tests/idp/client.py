@@ -91,6 +91,10 @@ class IdPClient:
         """The provider POSTs a logout token to the client; the client's answer (IdP.backchannel_logout)."""
         return dict(self.call("backchannel_logout", client_id=client_id, **options))
 
+    def refreshes(self, sid: str) -> int:
+        """Successful refresh grants in the session `sid`."""
+        return int(self.call("describe")["refreshes"].get(sid, 0))
+
     def sessions_of(self, sub: str) -> list[str]:
         return list(self.call("sessions_of", sub=sub))
 
@@ -104,8 +108,9 @@ class IdPClient:
         self.call("set_mode", mode=mode, endpoints=list(endpoints), delay=delay)
 
     def configure(self, **settings: Any) -> None:
-        """Set delay, token_lifetime, refresh_lifetime, discovery_overrides, introspection_auth_methods or
-        interactive (the authorization endpoint shows the sign-in page)."""
+        """Set delay, token_lifetime, refresh_lifetime, discovery_overrides, introspection_auth_methods,
+        interactive (the authorization endpoint shows the sign-in page), reused_refresh_ends_session or
+        backchannel_on_logout."""
         self.call("configure", **settings)
 
     @property

@@ -115,11 +115,14 @@ def redeem(idp: IdP, client: Client, form: Mapping[str, str]) -> Login:
 
 def refresh(idp: IdP, client: Client, token: str) -> Login:
     grant = idp.grants.get(token)
+    if grant is not None and grant.login is not None and grant.rotated and idp.reused_refresh_ends_session:
+        idp.end_session(grant.login.sid)
     if grant is None or grant.login is None or idp.inspect(token) is None:
         raise OAuthError("invalid_grant", "unknown, expired or revoked refresh token")
     if grant.login.client.client_id != client.client_id:
         raise OAuthError("invalid_grant", "refresh token issued to another client")
-    grant.revoked = True  # rotation: each refresh token works once
+    grant.revoked = grant.rotated = True  # rotation: each refresh token works once
+    idp.refreshes[grant.login.sid] += 1
     return grant.login
 
 
@@ -232,9 +235,9 @@ def userinfo(idp: IdP, authorization: str | None) -> dict[str, Any]:
     return {name: claims[name] for name in names if name in claims}
 
 
-def logout(idp: IdP, params: Mapping[str, str]) -> str | None:
-    """RP-initiated logout: end the session id_token_hint names; the URL to send the browser back to,
-    if one was asked for (only one the hinted or named client registered)."""
+def logout(idp: IdP, params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """RP-initiated logout: end the session id_token_hint names. The URL to send the browser back to,
+    if one was asked for (only one the hinted or named client registered), and the sid that ended."""
     hint = params.get("id_token_hint")
     claims = idp.verify(hint) if hint else None  # an expired ID token is still a fine hint
     if hint and (claims is None or claims.get("typ") != "ID"):
@@ -247,11 +250,14 @@ def logout(idp: IdP, params: Mapping[str, str]) -> str | None:
     if redirect is not None and (client is None or not client.allows_post_logout_redirect(redirect)):
         # Checked before anything ends: a refused request changes nothing.
         raise OAuthError("invalid_request", "post_logout_redirect_uri is not registered")
-    if claims and isinstance(claims.get("sid"), str):
-        idp.end_session(claims["sid"])
+    sid = claims.get("sid") if claims else None
+    if isinstance(sid, str):
+        idp.end_session(sid)
+    else:
+        sid = None
     if redirect is None:
-        return None
-    return with_query(redirect, {"state": params["state"]} if "state" in params else {})
+        return None, sid
+    return with_query(redirect, {"state": params["state"]} if "state" in params else {}), sid
 
 
 def with_query(url: str, params: Mapping[str, str]) -> str:

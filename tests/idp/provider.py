@@ -115,6 +115,7 @@ class Grant:
     claims: dict[str, Any]
     login: Login | None = None
     revoked: bool = False
+    rotated: bool = False  # a refresh token that was used (and so replaced)
 
 
 @dataclass(repr=False)
@@ -131,6 +132,12 @@ class IdP:
     # interactive: the authorization endpoint shows a sign-in page listing `users` (a browser picks one)
     # instead of signing `user` in by itself.
     interactive: bool = False
+    # A rotated refresh token used again ends its session (OAuth 2.0 Security BCP 4.14.2), so a relying
+    # party that refreshes twice with one token, say from two replicas at once, loses the session.
+    reused_refresh_ends_session: bool = False
+    # RP-initiated logout also sends a back-channel logout to the client, as Keycloak does.
+    backchannel_on_logout: bool = False
+    refreshes: Counter[str] = field(default_factory=Counter)  # successful refresh grants, by sid
     users: dict[str, User] = field(default_factory=lambda: {user.sub: user for user in DEFAULT_USERS})
     clients: dict[str, Client] = field(default_factory=dict)
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # to serve a lying discovery document
@@ -322,6 +329,7 @@ class IdP:
             "counts": dict(self.counts),
             "peak_in_flight": dict(self.peak_in_flight),
             "interactive": self.interactive,
+            "refreshes": dict(self.refreshes),
             "backchannel_deliveries": [list(delivery) for delivery in self.backchannel_deliveries],
         }
 
