@@ -55,6 +55,8 @@ def _http_head(prefix: Path) -> str:
         "access_log off;\n"
         "keepalive_requests 1000000;\n"  # default 1000 would reconnect wrk's connections mid-run
         "keepalive_timeout 75s;\n"
+        "client_max_body_size 2m;\n"  # the 1 MiB upload workload
+        "client_body_buffer_size 2m;\n"  # ... held in memory, not spooled to a temp file
         f"client_body_temp_path {prefix}/body;\n"
         f"proxy_temp_path {prefix}/proxy;\n"
         f"fastcgi_temp_path {prefix}/fastcgi;\n"
@@ -63,13 +65,25 @@ def _http_head(prefix: Path) -> str:
     )
 
 
+DOWNLOAD_PATH = "/1m"
+DOWNLOAD_BYTES = 1024 * 1024
+
+
+def download_body() -> bytes:
+    """What the upstream serves at DOWNLOAD_PATH (the 1 MiB download workload)."""
+    return b"0123456789abcdef" * (DOWNLOAD_BYTES // 16)
+
+
 def upstream_conf(prefix: Path, port: int) -> str:
     body = UPSTREAM_BODY.decode().replace("\n", "\\n")
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "download.bin").write_bytes(download_body())
     return (
         _common_head(prefix) + "http {\n" + _http_head(prefix) + "  server {\n"
         f"    listen 127.0.0.1:{port};\n"
         "    default_type text/plain;\n"
         f'    location / {{ return 200 "{body}"; }}\n'
+        f"    location = {DOWNLOAD_PATH} {{ alias {prefix}/download.bin; }}\n"
         "  }\n"
         "}\n"
     )

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from accounting import CLK_TCK, group_ticks, live_stats
+
 
 class BenchError(RuntimeError):
     """A failure worth a one-line message rather than a traceback."""
@@ -91,9 +93,11 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
 
 
-def http_get(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-    """One GET; returns (status, body) including for 4xx/5xx answers."""
-    request = urllib.request.Request(url, headers=dict(headers or {}))
+def http_get(
+    url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, bytes]:
+    """One GET (a POST with `data`); returns (status, body) including for 4xx/5xx answers."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return int(resp.status), resp.read()
@@ -126,6 +130,18 @@ def wait_http_ok(
     raise BenchError(f"{what} not ready after {timeout:.0f}s at {url} ({last}){_log_tail(log)}")
 
 
+def wait_tcp(port: int, proc: subprocess.Popen[bytes], *, what: str, log: Path, timeout: float = 15) -> None:
+    """Until something accepts on 127.0.0.1:port (an auth-doing gateway answers a bare GET 401)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} before ready{_log_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{what} not listening on 127.0.0.1:{port} after {timeout:.0f}s{_log_tail(log)}")
+
+
 def _log_tail(log: Path | None, lines: int = 20) -> str:
     if log is None or not log.exists():
         return ""
@@ -133,9 +149,6 @@ def _log_tail(log: Path | None, lines: int = 20) -> str:
     if not tail:
         return ""
     return f"\n--- last lines of {log} ---\n" + "\n".join(tail)
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def group_cpu_seconds(pgid: int) -> float | None:
@@ -146,28 +159,11 @@ def group_cpu_seconds(pgid: int) -> float | None:
     included; resolution is one clock tick (10 ms), negligible over a multi-second run. None when
     /proc is unreadable or the group has no live process.
     """
-    total = 0
-    found = False
     try:
-        entries = os.listdir("/proc")
+        ticks = group_ticks(live_stats(), pgid)
     except OSError:
         return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
-        if int(fields[2]) != pgid:
-            continue
-        found = True
-        total += int(fields[11]) + int(fields[12])
-    return total / _CLK_TCK if found else None
+    return ticks / CLK_TCK if ticks is not None else None
 
 
 def pin_process(pid: int, cpus: set[int]) -> None:

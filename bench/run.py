@@ -17,8 +17,10 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,18 @@ from pathlib import Path
 from shutil import rmtree
 from typing import Any
 
+import baselines
+from accounting import Figures, compare, group_rss_mib
 from fast_upstream import UPSTREAM_BODY
-from nginx_conf import nginx_argv, nginx_path, nginx_version, proxy_conf, upstream_conf
+from nginx_conf import (
+    DOWNLOAD_PATH,
+    download_body,
+    nginx_argv,
+    nginx_path,
+    nginx_version,
+    proxy_conf,
+    upstream_conf,
+)
 from procs import (
     BenchError,
     Children,
@@ -42,6 +54,7 @@ from procs import (
     http_get,
     pin_process,
     wait_http_ok,
+    wait_tcp,
 )
 from wrk import WrkResult, require_wrk, run_wrk, wrk_version
 
@@ -50,6 +63,14 @@ REPO_DIR = BENCH_DIR.parent
 PACKAGES = ("uvicorn", "aiohttp", "uvloop", "httptools", "pyjwt", "cryptography")
 BUSY_WARN_PCT = 15.0
 FIRST_SEEN_SCRIPT = BENCH_DIR / "first_seen.lua"
+UPLOAD_SCRIPT = BENCH_DIR / "upload.lua"
+UPLOAD_BYTES = 1024 * 1024  # what bench/upload.lua sends
+IDLE_CONNECTIONS = 1000  # idle-1k: keep-alive connections held open, idle, during the load
+# "saturation" is wrk's closed loop at --connections; the others change what is sent or how.
+WORKLOADS = ("saturation", "upload-1m", "download-1m", "idle-1k", "rate-500", "rate-2000")
+FULL_PIPELINE_RULES = 1_000
+LARGE_POLICY_RULES = 10_000
+REFUSED = (401, 403)  # what an auth-doing row must answer to a forged or missing token
 PROXY_CPU, LOAD_CPU = 1, 0  # --pin: the measured proxy alone on CPU 1, everything else on CPU 0
 TOKEN_LIFETIME_S = 6 * 3600  # outlives any run: the cached token must not expire mid-run
 AUDIENCE = "api"  # what tests/idp puts in `aud` by default
@@ -63,6 +84,8 @@ class TokenKit:
     issuer: str
     token: str  # the repeated token of authcar-jwt
     public_key: Any
+    private_key: Any  # the provider's own, to sign first-seen tokens and certify its key
+    kid: str
     tokens_file: Path | None  # authcar-jwt-first-seen: distinct tokens, one per line
     first_seen_count: int
 
@@ -76,6 +99,10 @@ class TokenKit:
         name, value = self.auth_header
         return "X-Pad", "p" * (len(name) + len(value) - len("X-Pad"))
 
+    def token_checks(self, tmp: Path) -> baselines.TokenChecks:
+        """What HAProxy and Apache verify this run's token against (key files written once)."""
+        return baselines.write_token_checks(tmp, self.private_key, self.kid, self.issuer, AUDIENCE)
+
 
 @dataclass
 class Context:
@@ -87,6 +114,8 @@ class Context:
     upstream_port: int
     tokens: TokenKit | None = None
     threads: int = 1
+    workload: str = "saturation"
+    install: bool = True  # apt-get install a missing baseline (when root)
 
     @property
     def upstream_url(self) -> str:
@@ -103,6 +132,7 @@ class Target:
     wrk_options: tuple[str, ...] = ()  # extra wrk options (a Lua script)
     script_args: tuple[str, ...] = ()
     metrics_url: str | None = None  # authcar's admin /metrics: token validation counters
+    verifies_tokens: bool = False  # must refuse a forged and a missing token before it is measured
 
 
 @dataclass(frozen=True)
@@ -113,6 +143,7 @@ class Scenario:
     needs_nginx: bool = False
     needs_tokens: bool = False  # the test identity provider and its tokens
     python: bool = False  # the measured process is Python (py-spy can profile it)
+    compared: bool = False  # also run under every other workload (the side-by-side systems)
 
 
 @dataclass
@@ -123,6 +154,13 @@ class Measurement:
     cpu_s: float | None  # the measured process group's user+system CPU during the wrk run
     token_results: dict[str, int] | None  # authcar_token_validations_total increments during the run
     profile: str | None = None
+    rss_mib: dict[int, float] | None = None  # each process of the group, right after the run
+    load_detail: dict[str, Any] | None = None  # the open-loop generator's own report (rate-* rows)
+
+    @property
+    def rss_worker_mib(self) -> float | None:
+        """The largest process of the group: the worker (nginx, Apache and uvicorn masters are smaller)."""
+        return max(self.rss_mib.values()) if self.rss_mib else None
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -144,6 +182,9 @@ class Measurement:
             "cpu_us_per_request": self.cpu_us_per_request,
             "token_validations": self.token_results,
             "profile": self.profile,
+            "rss_mib_by_pid": self.rss_mib,
+            "rss_worker_mib": self.rss_worker_mib,
+            "load_detail": self.load_detail,
         }
 
 
@@ -151,9 +192,19 @@ class Measurement:
 class Row:
     scenario: str
     description: str
+    workload: str = "saturation"
     runs: list[Measurement] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.scenario if self.workload == "saturation" else f"{self.scenario} @{self.workload}"
+
+    @property
+    def rss_worker_mib(self) -> float | None:
+        values = [v for m in self.runs if (v := m.rss_worker_mib) is not None]
+        return statistics.median(values) if values else None
 
     @property
     def error(self) -> str | None:
@@ -263,8 +314,20 @@ def check_authcar_importable() -> None:
         raise BenchError(f"`python -m authcar` cannot run from {REPO_DIR}: {last}")
 
 
-def start_authcar(ctx: Context, *, logged: bool = False, mode: str = "anonymous") -> Target:
-    """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen."""
+def start_authcar(
+    ctx: Context,
+    *,
+    logged: bool = False,
+    mode: str = "anonymous",
+    rules: int | None = None,
+    workers: int = 1,
+    redis: bool = False,
+) -> Target:
+    """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen.
+
+    With `rules`, the full pipeline (bench/pipeline.py): a policy of that many rules, identity
+    headers, the signed assertion and the JSON access log; `workers` and a Redis store on top.
+    """
     check_authcar_importable()
     port, admin_port = free_port(), free_port()
     kit = ctx.tokens
@@ -273,6 +336,12 @@ def start_authcar(ctx: Context, *, logged: bool = False, mode: str = "anonymous"
         assert kit is not None, "token scenarios need the run's TokenKit"
         issuer = kit.issuer if mode in ("jwt", "first-seen") else None
     env = authcar_env(port, admin_port, ctx.upstream_url, logged=logged, issuer=issuer)
+    if rules is not None:
+        from pipeline import full_pipeline_env, write_policy_dir
+
+        redis_url = start_redis(ctx) if redis else None
+        env.update(full_pipeline_env(write_policy_dir(ctx.tmp, rules), workers=workers, redis_url=redis_url))
+        logged = True  # the access log goes to /dev/null below
     # Logged: the per-request JSON access log is written (cost measured) but discarded.
     log = None if logged else ctx.tmp / f"authcar-{mode}.log"
     proc = ctx.children.spawn([sys.executable, "-m", "authcar", "run"], env=env, cwd=REPO_DIR, log=log)
@@ -280,7 +349,9 @@ def start_authcar(ctx: Context, *, logged: bool = False, mode: str = "anonymous"
     # With an issuer, /readyz also waits for the signing keys: the first token must not hit a 401.
     ready = "/readyz" if issuer else "/healthz"
     wait_http_ok(admin + ready, proc, timeout=30, what="authcar", log=log)
-    target = Target(f"http://127.0.0.1:{port}/", proc, metrics_url=admin + "/metrics")
+    target = Target(
+        f"http://127.0.0.1:{port}/", proc, metrics_url=admin + "/metrics", verifies_tokens=issuer is not None
+    )
     if mode == "pad":
         assert kit is not None
         target.headers = (kit.pad_header,)
@@ -299,10 +370,95 @@ def start_authcar(ctx: Context, *, logged: bool = False, mode: str = "anonymous"
     return target
 
 
+def start_redis(ctx: Context) -> str:
+    """A private redis-server (no persistence) for the shared-state row; its URL."""
+    binary, note = baselines.find_or_install(baselines.REDIS, install=ctx.install)
+    if binary is None:
+        raise BenchError(note)
+    port = free_port()
+    directory = ctx.tmp / f"redis-{port}"
+    directory.mkdir()
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(directory)]
+    proc = ctx.children.spawn(argv, log=directory / "redis.log")
+    wait_tcp(port, proc, what="redis-server", log=directory / "redis.log")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def start_gateway(ctx: Context, tool: baselines.Tool) -> Target:
+    """HAProxy or Apache (bench/baselines.py) checking the run's token, in front of the upstream."""
+    binary, note = baselines.find_or_install(tool, install=ctx.install)
+    if binary is None:
+        raise BenchError(note)
+    kit = ctx.tokens
+    assert kit is not None
+    checks = kit.token_checks(ctx.tmp)
+    proc, port = baselines.launch(tool, binary, ctx.children, ctx.tmp, ctx.upstream_port, checks)
+    return Target(f"http://127.0.0.1:{port}/", proc, headers=(kit.auth_header,), verifies_tokens=True)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("direct", "wrk -> upstream (baseline)", start_direct),
+    Scenario("direct", "wrk -> upstream (baseline)", start_direct, compared=True),
     Scenario(
-        "nginx", "wrk -> nginx proxy_pass, keepalive pool -> upstream", start_nginx_proxy, needs_nginx=True
+        "nginx",
+        "wrk -> nginx proxy_pass, keepalive pool -> upstream",
+        start_nginx_proxy,
+        needs_nginx=True,
+        compared=True,
+    ),
+    Scenario(
+        "haproxy",
+        "wrk + RS256 bearer -> HAProxy 1 thread, jwt_verify + iss/aud/exp on every request -> upstream",
+        lambda c: start_gateway(c, baselines.HAPROXY),
+        needs_tokens=True,
+        compared=True,
+    ),
+    Scenario(
+        "apache",
+        f"wrk + RS256 bearer -> Apache mpm_event 1 x {baselines.APACHE_THREADS} threads,"
+        " mod_auth_openidc oauth20 (JWT, iss/aud/exp) -> upstream",
+        lambda c: start_gateway(c, baselines.APACHE),
+        needs_tokens=True,
+        compared=True,
+    ),
+    Scenario(
+        "authcar-full",
+        f"wrk + RS256 bearer -> authcar full pipeline ({FULL_PIPELINE_RULES:,} rules, identity headers,"
+        " assertion, JSON access log), 1 worker -> upstream",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES),
+        needs_tokens=True,
+        python=True,
+        compared=True,
+    ),
+    Scenario(
+        "authcar-full-2w",
+        "same, 2 workers",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, workers=2),
+        needs_tokens=True,
+        python=True,
+        compared=True,
+    ),
+    Scenario(
+        "authcar-full-first-seen",
+        "full pipeline, 1 worker, a different RS256 token per request (Lua)",
+        lambda c: start_authcar(c, mode="first-seen", rules=FULL_PIPELINE_RULES),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-10k",
+        f"full pipeline, 1 worker, {LARGE_POLICY_RULES:,}-rule policy",
+        lambda c: start_authcar(c, mode="jwt", rules=LARGE_POLICY_RULES),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-redis",
+        "full pipeline, 1 worker, AUTHCAR_REDIS_URL set (private redis-server); revocation and rate"
+        " limiting, the per-request shared state, arrive with issue 12",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, redis=True),
+        needs_tokens=True,
+        python=True,
     ),
     Scenario(
         "bare-python",
@@ -402,6 +558,8 @@ def start_token_kit(
         issuer=issuer,
         token=token,
         public_key=private.public_key(),  # type: ignore[union-attr]
+        private_key=private,
+        kid=kid,
         tokens_file=tokens_file,
         first_seen_count=first_seen,
     )
@@ -453,17 +611,141 @@ def start_upstream(children: Children, tmp: Path, nginx: str | None, kind: str) 
 # --- measuring ---------------------------------------------------------------
 
 
-def check_response(target: Target) -> None:
+def load_url(target: Target, workload: str) -> str:
+    return target.url.rstrip("/") + DOWNLOAD_PATH if workload == "download-1m" else target.url
+
+
+def check_response(target: Target, workload: str = "saturation") -> None:
     """One request before loading: a 401 or wrong body would make the numbers meaningless."""
-    url = target.url
+    url = load_url(target, workload)
+    expected = download_body() if workload == "download-1m" else UPSTREAM_BODY
+    data = b"0123456789abcdef" * (UPLOAD_BYTES // 16) if workload == "upload-1m" else None
     try:
-        status, body = http_get(url, timeout=5, headers=dict(target.headers))
+        status, body = http_get(url, timeout=10, headers=dict(target.headers), data=data)
     except OSError as exc:
         raise BenchError(f"sanity request to {url} failed: {exc}") from exc
-    if status != 200 or body != UPSTREAM_BODY:
+    if status != 200 or body != expected:
         raise BenchError(
-            f"sanity request to {url}: expected 200 {UPSTREAM_BODY!r}, got {status} {body[:200]!r}"
+            f"sanity request to {url}: expected 200 with the upstream's {len(expected)}-byte body,"
+            f" got {status} {len(body)} bytes {body[:200]!r}"
         )
+
+
+def check_refuses_bad_tokens(target: Target) -> None:
+    """A row that claims to verify tokens must refuse a forged signature and a missing token: a
+    gateway that let them through would be benchmarked doing less than authcar does."""
+    name, value = next((h for h in target.headers if h[0].lower() == "authorization"), ("", ""))
+    if not value.startswith("Bearer "):
+        raise BenchError("an auth-doing row without a bearer token to forge")
+    forged = baselines.forged(value.removeprefix("Bearer "))
+    for what, headers in (("a forged signature", {name: f"Bearer {forged}"}), ("no token", {})):
+        try:
+            status, _ = http_get(target.url, timeout=10, headers=headers)
+        except OSError as exc:
+            raise BenchError(f"request with {what} to {target.url} failed: {exc}") from exc
+        if status not in REFUSED:
+            raise BenchError(
+                f"{target.url} answered {status} to a request with {what}: it does not check the"
+                " token, so its figures would not compare; not measured"
+            )
+
+
+class IdleConnections:
+    """Keep-alive connections that each made one request, then sit idle while the load runs."""
+
+    def __init__(self, target: Target, count: int) -> None:
+        request = build_request(target)
+        self.sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.create_connection(_address(target.url), timeout=10)
+                self.sockets.append(sock)
+                sock.sendall(request)
+                if not _read_response(sock).startswith(b"HTTP/1.1 200"):
+                    raise BenchError(f"an idle connection's request to {target.url} was not answered 200")
+        except BaseException:
+            self.close()
+            raise
+
+    def still_open(self) -> int:
+        """How many the proxy has not closed (a peek that finds EOF means closed)."""
+        alive = 0
+        for sock in self.sockets:
+            sock.setblocking(False)
+            try:
+                alive += sock.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+        return alive
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def build_request(target: Target) -> bytes:
+    host, port = _address(target.url)
+    lines = ["GET / HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in target.headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _address(url: str) -> tuple[str, int]:
+    hostport = url.split("//", 1)[1].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    return host, int(port)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One small Content-Length response (the upstream's 17-byte 200)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [
+        int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")
+    ]
+    length = lengths[0] if lengths else 0
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head
+
+
+def run_open_loop(ctx: Context, target: Target, rate: int, duration: int) -> tuple[WrkResult, dict[str, Any]]:
+    """bench/openloop.py in its own process (its CPU is not the proxy's): latency at a fixed rate."""
+    argv = [sys.executable, str(BENCH_DIR / "openloop.py"), "--url", target.url]
+    argv += ["--rate", str(rate), "--duration", str(duration)]
+    for name, value in target.headers:
+        argv += ["-H", f"{name}: {value}"]
+    proc = ctx.children.spawn(argv, capture=True)
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError("bench/openloop.py did not finish") from exc
+    finally:
+        ctx.children.stop(proc)
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace")[-500:]
+        raise BenchError(f"bench/openloop.py failed ({proc.returncode}): {detail}")
+    report = json.loads(out)
+    if not report.get("completed"):
+        raise BenchError(f"bench/openloop.py completed no request: {report}")
+    result = WrkResult(
+        requests_per_s=report["achieved_rps"],
+        p50_ms=report["p50_ms"],
+        p99_ms=report["p99_ms"],
+        requests=report["completed"],
+        non_2xx=report["non_2xx"],
+        socket_errors=report["errors"],
+    )
+    return result, report
 
 
 def start_profiler(ctx: Context, target: Target, path: Path, duration: int) -> subprocess.Popen[bytes] | None:
@@ -486,26 +768,46 @@ def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int
     if args.pin and target.proc is not None:
         # Everything else (wrk, upstream, this harness) inherited the other CPU from run().
         pin_process(target.proc.pid, {PROXY_CPU})
-    check_response(target)
-    log(f"{scenario.name}: warm-up {args.warmup}s, then {args.duration}s on {target.url} (run {rep})")
+    workload = ctx.workload
+    check_response(target, workload)
+    if target.verifies_tokens:
+        check_refuses_bad_tokens(target)
+    url = load_url(target, workload)
+    label = scenario.name if workload == "saturation" else f"{scenario.name} @{workload}"
+    log(f"{label}: warm-up {args.warmup}s, then {args.duration}s on {url} (run {rep})")
+    options = [*(o for h in target.headers for o in ("-H", f"{h[0]}: {h[1]}")), *target.wrk_options]
+    if workload == "upload-1m":
+        options += ["-s", str(UPLOAD_SCRIPT)]
     load: dict[str, Any] = {
         "connections": args.connections,
         "threads": args.threads,
-        "options": [*(o for h in target.headers for o in ("-H", f"{h[0]}: {h[1]}")), *target.wrk_options],
+        "options": options,
         "script_args": target.script_args,
     }
-    if args.warmup > 0:
-        run_wrk(ctx.children, target.url, duration=args.warmup, **load)
-    pgid = target.proc.pid if target.proc is not None else None
-    tokens_before = token_counts(target.metrics_url)
-    profiler = profile_path = None
-    if args.profile and scenario.python:
-        profile_path = args.profile / f"{scenario.name}-run{rep}.txt"
-        profiler = start_profiler(ctx, target, profile_path, args.duration)
-    cpu_before = group_cpu_seconds(pgid) if pgid is not None else None
-    result = run_wrk(ctx.children, target.url, duration=args.duration, **load)
-    cpu_after = group_cpu_seconds(pgid) if pgid is not None else None
-    tokens_after = token_counts(target.metrics_url)
+    idle = IdleConnections(target, IDLE_CONNECTIONS) if workload == "idle-1k" else None
+    try:
+        if args.warmup > 0:
+            run_wrk(ctx.children, url, duration=args.warmup, **load)
+        pgid = target.proc.pid if target.proc is not None else None
+        tokens_before = token_counts(target.metrics_url)
+        profiler = profile_path = None
+        if args.profile and scenario.python:
+            profile_path = args.profile / f"{scenario.name}-{workload}-run{rep}.txt"
+            profiler = start_profiler(ctx, target, profile_path, args.duration)
+        detail: dict[str, Any] | None = None
+        cpu_before = group_cpu_seconds(pgid) if pgid is not None else None
+        if workload.startswith("rate-"):
+            result, detail = run_open_loop(ctx, target, int(workload.removeprefix("rate-")), args.duration)
+        else:
+            result = run_wrk(ctx.children, url, duration=args.duration, **load)
+        cpu_after = group_cpu_seconds(pgid) if pgid is not None else None
+        rss = group_rss_mib(pgid) if pgid is not None else None
+        tokens_after = token_counts(target.metrics_url)
+        if idle is not None:
+            detail = {"idle_connections": IDLE_CONNECTIONS, "idle_still_open_after": idle.still_open()}
+    finally:
+        if idle is not None:
+            idle.close()
     if profiler is not None:
         try:
             profiler.wait(timeout=30)
@@ -517,6 +819,8 @@ def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int
         cpu,
         count_delta(tokens_before, tokens_after),
         str(profile_path) if profile_path and profile_path.exists() else None,
+        rss_mib=rss,
+        load_detail=detail,
     )
 
 
@@ -542,11 +846,15 @@ def run_scenario(
         wait_quiet(args.wait_quiet, scenario.name)
     children = Children()
     try:
-        ctx = Context(children, tmp, nginx, upstream_port, tokens, args.threads)
+        ctx = Context(
+            children, tmp, nginx, upstream_port, tokens, args.threads, row.workload, not args.no_install
+        )
         row.runs.append(measure(scenario, ctx, args, rep))
     except (BenchError, OSError) as exc:
         row.errors.append(str(exc))
-        log(f"{scenario.name}: FAILED: {exc}")
+        if str(exc).startswith("skipped"):
+            del row.errors[1:]  # one skip note per row, not one per repetition
+        log(f"{row.label}: FAILED: {exc}")
     finally:
         children.stop_all()  # before the next scenario, so it gets the CPU alone
 
@@ -565,18 +873,15 @@ def wait_quiet(limit_s: float, name: str) -> None:
 
 
 def add_ratios(rows: list[Row]) -> None:
-    refs = {
-        r.scenario: res.requests_per_s
+    """Each row against the reference systems under the same workload (bench/accounting.py)."""
+    figures = {
+        (r.scenario, r.workload): Figures(res.requests_per_s, res.p50_ms, res.p99_ms, r.cpu_us_per_request)
         for r in rows
-        if (res := r.result) is not None and r.scenario in ("direct", "nginx")
+        if (res := r.result) is not None
     }
+    ratios = compare(figures, fixed_rate=[w for w in WORKLOADS if w.startswith("rate-")])
     for row in rows:
-        res = row.result
-        if res is None:
-            continue
-        for ref_name, ref_rps in refs.items():
-            if ref_rps > 0:
-                row.ratios[ref_name] = res.requests_per_s / ref_rps
+        row.ratios = ratios.get((row.scenario, row.workload), {})
 
 
 def paired(a: Row, b: Row, value: Callable[[Measurement], float | None]) -> list[float]:
@@ -595,7 +900,7 @@ def cpu_values(row: Row) -> list[float]:
 
 def auth_summary(rows: list[Row], kit: TokenKit | None, costs: dict[str, float] | None) -> dict[str, Any]:
     """What authentication costs: authcar-jwt against the anonymous row, first-seen against repeated."""
-    by_name = {r.scenario: r for r in rows if r.runs}
+    by_name = {r.scenario: r for r in rows if r.runs and r.workload == "saturation"}
     summary: dict[str, Any] = {}
     if costs:
         summary["token_costs_us"] = costs
@@ -717,9 +1022,16 @@ def format_table(rows: list[Row], repeat: int = 1) -> str:
         "range",
         "p50 ms",
         "p99 ms",
+        "+p50 ms",
+        "+p99 ms",
         "CPU µs/req",
+        "RSS MiB",
         "vs direct",
         "vs nginx",
+        "vs haproxy",
+        "CPU/haproxy",
+        "vs apache",
+        "CPU/apache",
         "notes",
     )
     left = {0, len(header) - 1}
@@ -727,7 +1039,7 @@ def format_table(rows: list[Row], repeat: int = 1) -> str:
     for row in rows:
         res = row.result
         if res is None:
-            lines.append((row.scenario, *["-"] * (len(header) - 2), (row.error or "").splitlines()[0]))
+            lines.append((row.label, *["-"] * (len(header) - 2), (row.error or "").splitlines()[0]))
             continue
         notes = []
         if res.non_2xx:
@@ -738,18 +1050,27 @@ def format_table(rows: list[Row], repeat: int = 1) -> str:
             notes.append(f"{len(row.errors)} of {len(row.errors) + len(row.runs)} runs failed")
         if (share := row.cache_hit_share) is not None:
             notes.append(f"token cache hits {share:.1%}")
+        notes.extend(_load_notes(row))
         all_rps = [m.wrk.requests_per_s for m in row.runs]
         cpu = row.cpu_us_per_request
+        rss = row.rss_worker_mib
         lines.append(
             (
-                row.scenario,
+                row.label,
                 f"{res.requests_per_s:,.0f}",
                 f"{min(all_rps):,.0f}-{max(all_rps):,.0f}" if len(all_rps) > 1 else "-",
                 f"{res.p50_ms:.2f}",
                 f"{res.p99_ms:.2f}",
+                _added(row, "p50_added_ms"),
+                _added(row, "p99_added_ms"),
                 f"{cpu:.1f}" if cpu is not None else "-",
-                _ratio(row, "direct"),
-                _ratio(row, "nginx"),
+                f"{rss:.1f}" if rss is not None else "-",
+                _ratio(row, "rps_vs_direct"),
+                _ratio(row, "rps_vs_nginx"),
+                _ratio(row, "rps_vs_haproxy"),
+                _ratio(row, "cpu_vs_haproxy"),
+                _ratio(row, "rps_vs_apache"),
+                _ratio(row, "cpu_vs_apache"),
                 ", ".join(notes),
             )
         )
@@ -768,8 +1089,23 @@ def format_table(rows: list[Row], repeat: int = 1) -> str:
     return "\n".join(out)
 
 
-def _ratio(row: Row, ref: str) -> str:
-    return f"{row.ratios[ref]:.2f}x" if ref in row.ratios else "-"
+def _ratio(row: Row, key: str) -> str:
+    return f"{row.ratios[key]:.2f}x" if key in row.ratios else "-"
+
+
+def _added(row: Row, key: str) -> str:
+    return f"{row.ratios[key]:+.2f}" if key in row.ratios else "-"
+
+
+def _load_notes(row: Row) -> list[str]:
+    """What the last run's load generator said about itself (open-loop precision, idle connections)."""
+    detail = row.runs[-1].load_detail if row.runs else None
+    if not detail:
+        return []
+    if "idle_connections" in detail:
+        still, held = detail["idle_still_open_after"], detail["idle_connections"]
+        return [f"{still} of {held} idle connections still open"]
+    return [f"open loop {detail['rate']:.0f}/s, generator woke p99 {detail['wake_lag_p99_ms']:.2f} ms late"]
 
 
 def machine_info(nginx: str | None) -> dict[str, Any]:
@@ -889,16 +1225,24 @@ def write_json(
             "profiled": bool(args.profile),
             "wait_quiet_s": args.wait_quiet,
             "pinned": args.pin,
+            "workloads": args.workloads,
+            "idle_connections": IDLE_CONNECTIONS,
+            "upload_bytes": UPLOAD_BYTES,
+            "full_pipeline_rules": FULL_PIPELINE_RULES,
         },
         "machine": machine,
         "results": [
             {
                 "scenario": r.scenario,
+                "label": r.label,
                 "description": r.description,
                 **(res.to_dict() if (res := r.result) else {}),
                 "cpu_us_per_request": r.cpu_us_per_request,
-                "ratio_vs_direct": r.ratios.get("direct"),
-                "ratio_vs_nginx": r.ratios.get("nginx"),
+                "workload": r.workload,
+                "rss_worker_mib": r.rss_worker_mib,
+                "ratios": r.ratios,
+                "ratio_vs_direct": r.ratios.get("rps_vs_direct"),
+                "ratio_vs_nginx": r.ratios.get("rps_vs_nginx"),
                 "error": r.error,
                 "runs": [m.to_dict() for m in r.runs],
                 "errors": r.errors,
@@ -931,6 +1275,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="run the selected scenarios N times, round-robin (default 1)"
     )
     parser.add_argument("--only", default=",".join(names), help=f"comma list of: {','.join(names)}")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma list of: {','.join(WORKLOADS)}; all but saturation run only for the side-by-side"
+        " systems (direct, nginx, haproxy, apache, authcar-full, authcar-full-2w)",
+    )
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never apt-get install a missing baseline (its row is skipped with the command to run)",
+    )
     parser.add_argument("--json", type=Path, help="also write results and machine info here")
     parser.add_argument(
         "--upstream",
@@ -968,6 +1323,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = sorted(set(args.workloads) - set(WORKLOADS))
+    if bad or not args.workloads:
+        parser.error(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(WORKLOADS)}")
     unknown = sorted(set(args.only) - set(names))
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(names)}")
@@ -1000,21 +1359,28 @@ def run(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="authcar-bench-"))
     run_children = Children()  # upstream and identity provider: live for the whole run
-    rows = [Row(s.name, s.description) for s in selected]
+    plan = [
+        (s, Row(s.name, s.description, w))
+        for w in args.workloads
+        for s in selected
+        if w == "saturation" or s.compared
+    ]
+    rows = [row for _, row in plan]
+    raise_fd_limit()  # idle-1k: 1,000 sockets here, and as many in the proxy (inherited)
     kit: TokenKit | None = None
     costs: dict[str, float] | None = None
     try:
         upstream_port, upstream_desc = start_upstream(run_children, tmp, nginx, args.upstream)
         log(f"upstream: {upstream_desc} on 127.0.0.1:{upstream_port}; temp dir {tmp}")
         if any(s.needs_tokens for s in selected):
-            first_seen = args.first_seen_tokens if "authcar-jwt-first-seen" in args.only else 0
+            first_seen = args.first_seen_tokens if any("first-seen" in n for n in args.only) else 0
             try:
                 kit = start_token_kit(run_children, tmp, first_seen=first_seen)
                 log(f"identity provider: {kit.issuer}; token {len(kit.token)} bytes")
             except (BenchError, OSError) as exc:
                 log(f"token scenarios skipped: {exc}")
         for rep in range(1, args.repeat + 1):
-            for scenario, row in zip(selected, rows, strict=True):
+            for scenario, row in plan:
                 run_scenario(scenario, tmp, nginx, upstream_port, kit, args, row, rep)
         if kit is not None:
             from tokens import decode_cost_us  # needs pyjwt: only with the token scenarios
@@ -1049,6 +1415,13 @@ def run(args: argparse.Namespace) -> int:
     failed = any(r.errors and not r.errors[0].startswith("skipped") for r in rows)
     non_2xx = any(m.wrk.non_2xx for r in rows for m in r.runs)
     return 1 if failed or non_2xx else 0
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
