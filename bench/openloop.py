@@ -164,12 +164,14 @@ async def run(url: str, rate: float, duration: float, headers: Sequence[tuple[st
     sent = 0
     start = time.perf_counter()
     while sent < total:
-        now = time.perf_counter()
+        woke = now = time.perf_counter()
         due = due_count(now - start, rate, total)
         if due > sent:
             stats.wake_lag.append(now - (start + next_due_s(sent, rate)))
         while sent < due:
-            ready_at = max(start + next_due_s(sent, rate), now)  # our own timer slack is not theirs
+            # Due at its slot, or at this wake-up if the generator woke late (its own timer slack is
+            # not the server's); a wait for a free connection below is the server's, and counts.
+            ready_at = max(start + next_due_s(sent, rate), woke)
             conn = None
             while idle:
                 candidate = idle.popleft()
@@ -182,7 +184,7 @@ async def run(url: str, rate: float, duration: float, headers: Sequence[tuple[st
             if conn is None:  # every connection busy: wait, and the wait counts
                 on_free.clear()
                 await on_free.wait()
-                now = time.perf_counter()
+                due = due_count(time.perf_counter() - start, rate, total)  # more fell due meanwhile
                 continue
             conn.send(payload, ready_at)
             sent += 1
