@@ -44,6 +44,8 @@ APACHE = Tool(
     also=(str(APACHE_MODULES / "mod_auth_openidc.so"),),
 )
 REDIS = Tool("redis-server", ("redis-server",), ("/usr/bin/redis-server",))
+WRK = Tool("wrk", ("wrk",), ("/usr/bin/wrk",))
+NGINX = Tool("nginx", ("nginx",), ("/usr/sbin/nginx",))
 
 
 def locate(tool: Tool) -> str | None:

@@ -1344,6 +1344,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    for tool in (baselines.WRK, baselines.NGINX):  # the load generator, the upstream and its row
+        _, note = baselines.find_or_install(tool, install=not args.no_install)
+        if note:
+            log(f"{tool.binary}: {note}")
     require_wrk()
     nginx = nginx_path()
     selected = [s for s in SCENARIOS if s.name in args.only]
