@@ -16,7 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from accounting import CLK_TCK, group_ticks, live_stats
+if __package__:  # imported as bench.procs (bench/soak.py, bench/startup.py)
+    from .accounting import CLK_TCK, group_ticks, live_stats
+else:  # as a sibling script's module (bench/run.py puts bench/ first on sys.path)
+    from accounting import CLK_TCK, group_ticks, live_stats
 
 
 class BenchError(RuntimeError):
