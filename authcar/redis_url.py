@@ -71,12 +71,14 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***" if "@" in url else url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
+    # The last '@' anywhere: a password with an unencoded '/', '?' or '#' must not show either.
+    userinfo, at, tail = rest.rpartition("@")
     if not at:
         return url
     user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{hosts}{slash}{path}"
+    if "/" in user or "?" in user or "#" in user:
+        user = "***"
+    return f"{scheme}://{user}{':***' if colon else ''}@{tail}"
 
 
 def parse_redis_url(url: str) -> RedisTarget:
@@ -94,6 +96,9 @@ def _parse(url: str) -> RedisTarget:
     if not sep or scheme.lower() not in SCHEMES:
         raise ValueError(f"the scheme must be one of {', '.join(f'{s}://' for s in SCHEMES)}")
     topology, tls, default_port = SCHEMES[scheme.lower()]
+    end_of_authority = min((rest.find(ch) for ch in "/?#" if ch in rest), default=len(rest))
+    if rest.count("@") > 1 or "@" in rest[end_of_authority:]:
+        raise ValueError("the credentials hold an unencoded '@', '/', '?' or '#': percent-encode them")
     if "?" in rest or "#" in rest:
         raise ValueError("query strings and fragments are not supported (use the AUTHCAR_REDIS_* settings)")
     authority, _, path = rest.partition("/")

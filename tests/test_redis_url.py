@@ -65,6 +65,9 @@ def test_urls_parse(url: str, expected: RedisTarget) -> None:
         ("redis://[::1", "bad or missing host"),
         ("redis://[::1]x", "bad host"),
         ("redis://h_ost!", "bad or missing host"),
+        ("redis://:pa/ss@h", "percent-encode them"),
+        ("redis://:pa?ss@h", "percent-encode them"),
+        ("redis://:p@ss@h", "percent-encode them"),
     ],
 )
 def test_bad_urls_are_named_with_the_reason(url: str, reason: str) -> None:
@@ -84,7 +87,15 @@ def test_bad_urls_are_named_with_the_reason(url: str, reason: str) -> None:
         "redis://:hunter2-secret@h/x",
         "http://:hunter2-secret@h",
         "redis+sentinel://:hunter2-secret@h",
-        "redis://:hunter2-secret@@h",  # the last @ ends the credentials, as a URL parser reads it
+        "redis://:hunter2-secret@@h",
+        # Unencoded '/', '?', '#' or '@' in a password: refused, and none of it shown.
+        "redis://:hunter2-secret/x@h",
+        "redis://:x/hunter2-secret@h",
+        "redis://:hunter2-secret?x@h",
+        "redis://:x#hunter2-secret@h",
+        "redis://:x@hunter2-secret@h",
+        "redis://us/er:hunter2-secret@h",
+        "redis+sentinel://:a/hunter2-secret@s1/main",
     ],
 )
 def test_passwords_never_appear(url: str) -> None:
