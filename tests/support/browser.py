@@ -73,13 +73,15 @@ def browser_binaries() -> tuple[str, str]:
 
 
 @contextmanager
-def headless_chromium() -> Iterator[WebDriver]:
-    """A headless chromium with a profile of its own, quit (and the profile removed) at the end."""
+def headless_chromium(extra_flags: tuple[str, ...] = ()) -> Iterator[WebDriver]:
+    """A headless chromium with a profile of its own, quit (and the profile removed) at the end.
+    `extra_flags`: more command-line switches, e.g. `--host-resolver-rules=MAP * 127.0.0.1` so that
+    any host name reaches a local server."""
     chromium, chromedriver = browser_binaries()
     with tempfile.TemporaryDirectory(prefix="authcar-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        for flag in (*FLAGS, *extra_flags, f"--user-data-dir={profile}"):
             options.add_argument(flag)
         service = Service(executable_path=chromedriver, log_output=str(Path(profile) / "chromedriver.log"))
         driver = webdriver.Chrome(service=service, options=options)
