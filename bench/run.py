@@ -143,7 +143,7 @@ class Scenario:
     needs_nginx: bool = False
     needs_tokens: bool = False  # the test identity provider and its tokens
     python: bool = False  # the measured process is Python (py-spy can profile it)
-    compared: bool = False  # also run under every other workload (the side-by-side systems)
+    workloads: tuple[str, ...] = ("saturation",)  # the side-by-side systems: every one of WORKLOADS
 
 
 @dataclass
@@ -398,20 +398,20 @@ def start_gateway(ctx: Context, tool: baselines.Tool) -> Target:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("direct", "wrk -> upstream (baseline)", start_direct, compared=True),
+    Scenario("direct", "wrk -> upstream (baseline)", start_direct, workloads=WORKLOADS),
     Scenario(
         "nginx",
         "wrk -> nginx proxy_pass, keepalive pool -> upstream",
         start_nginx_proxy,
         needs_nginx=True,
-        compared=True,
+        workloads=WORKLOADS,
     ),
     Scenario(
         "haproxy",
         "wrk + RS256 bearer -> HAProxy 1 thread, jwt_verify + iss/aud/exp on every request -> upstream",
         lambda c: start_gateway(c, baselines.HAPROXY),
         needs_tokens=True,
-        compared=True,
+        workloads=WORKLOADS,
     ),
     Scenario(
         "apache",
@@ -419,7 +419,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         " mod_auth_openidc oauth20 (JWT, iss/aud/exp) -> upstream",
         lambda c: start_gateway(c, baselines.APACHE),
         needs_tokens=True,
-        compared=True,
+        workloads=WORKLOADS,
     ),
     Scenario(
         "authcar-full",
@@ -428,7 +428,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES),
         needs_tokens=True,
         python=True,
-        compared=True,
+        workloads=WORKLOADS,
     ),
     Scenario(
         "authcar-full-2w",
@@ -436,7 +436,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, workers=2),
         needs_tokens=True,
         python=True,
-        compared=True,
+        workloads=WORKLOADS,
     ),
     Scenario(
         "authcar-full-first-seen",
@@ -444,6 +444,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda c: start_authcar(c, mode="first-seen", rules=FULL_PIPELINE_RULES),
         needs_tokens=True,
         python=True,
+        # With idle-1k, the memory target's steady state: the token cache full (10,000 distinct
+        # live tokens) and 1,000 idle keep-alive connections held.
+        workloads=("saturation", "idle-1k"),
     ),
     Scenario(
         "authcar-full-10k",
@@ -1363,12 +1366,7 @@ def run(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, {LOAD_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="authcar-bench-"))
     run_children = Children()  # upstream and identity provider: live for the whole run
-    plan = [
-        (s, Row(s.name, s.description, w))
-        for w in args.workloads
-        for s in selected
-        if w == "saturation" or s.compared
-    ]
+    plan = [(s, Row(s.name, s.description, w)) for w in args.workloads for s in selected if w in s.workloads]
     rows = [row for _, row in plan]
     raise_fd_limit()  # idle-1k: 1,000 sockets here, and as many in the proxy (inherited)
     kit: TokenKit | None = None
