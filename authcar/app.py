@@ -75,7 +75,7 @@ class Sidecar:
         )
         # State with TTLs (introspection results; later sessions and rate limits): Redis, shared by
         # every replica, when AUTHCAR_REDIS_URL is set, else this process's memory.
-        self.store: Store = store_from_settings(settings)
+        self.store: Store = store_from_settings(settings, on_call=self.time_store_call)
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
         self.policy = PolicySource(settings.policy_dir, self.metrics, role_prefix=settings.policy_role_prefix)
         self.policy.load_initial()
@@ -119,6 +119,9 @@ class Sidecar:
         self.tasks.append(
             asyncio.create_task(asyncio.to_thread(self.policy.reload), name="authcar-policy-reload")
         )
+
+    def time_store_call(self, operation: str, result: str, seconds: float) -> None:
+        self.metrics.store_duration.labels(operation=operation, result=result).observe(seconds)
 
     def tls_event(self, event: str, fields: dict[str, Any]) -> None:
         ok = event == "tls_reloaded"

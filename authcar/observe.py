@@ -342,6 +342,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.store_duration = Histogram(
+            "authcar_store_seconds",
+            "Calls to the shared store (Redis), by operation and result: ok, unavailable (timeout,"
+            " connection, failover; each use then answers as documented) or refused",
+            ["operation", "result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.jwks_fetches = Counter(
             "authcar_jwks_fetches",
             "Key set fetches from the identity provider, by result",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ MAX_CONNECTIONS = 64
 _NOT_A_COUNTER = ("not an integer", "overflow", "WRONGTYPE")
 
 T = TypeVar("T")
+OnCall = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,11 @@ class RedisOptions:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, options: RedisOptions) -> None:
+    def __init__(self, options: RedisOptions, on_call: OnCall | None = None) -> None:
+        """`on_call(operation, result, seconds)` hears of every call (metrics): `operation` is the
+        method's name, `result` "ok", "unavailable" or "refused"."""
         self.options = options
+        self._on_call = on_call
         self.target = options.target
         self.timeout = options.timeout
         # Plain keys under `v1:`, the structures under `v1/<kind>:`: no plain key can name one.
@@ -179,33 +184,33 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         check_key(key)
-        return await self._run("GET", lambda client: client.get(self.key(key)))
+        return await self._run("get", lambda client: client.get(self.key(key)))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         check_key(key)
         check_value(value)
         check_ttl(ttl)
-        await self._run("SET", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl)))
+        await self._run("set", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl)))
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         check_key(key)
         check_value(value)
         check_ttl(ttl)
         stored = await self._run(
-            "SET NX", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl), nx=True)
+            "set_if_absent", lambda client: client.set(self.key(key), value, px=ttl_millis(ttl), nx=True)
         )
         return bool(stored)
 
     async def delete(self, key: str) -> None:
         check_key(key)
-        await self._run("DEL", lambda client: client.delete(self.key(key)))
+        await self._run("delete", lambda client: client.delete(self.key(key)))
 
     async def take(self, key: str) -> bytes | None:
         check_key(key)
         redis_key = self.key(key)
         if self._has_getdel:
             try:
-                return await self._run("GETDEL", lambda client: client.getdel(redis_key))
+                return await self._run("take", lambda client: client.getdel(redis_key))
             except StoreUnavailable as error:
                 if not isinstance(error.__cause__, ResponseError) or "unknown command" not in str(error):
                     raise
@@ -222,7 +227,7 @@ class RedisStore:
 
     async def ttl(self, key: str) -> float | None:
         check_key(key)
-        millis = await self._run("PTTL", lambda client: client.pttl(self.key(key)))
+        millis = await self._run("ttl", lambda client: client.pttl(self.key(key)))
         if millis == -2:
             return None
         return math.inf if millis == -1 else millis / 1000  # -1: written without expiry, not by authcar
@@ -231,7 +236,7 @@ class RedisStore:
         check_key(key)
         check_rate(rate, burst)
         keys, args = [self._structures + "rate:" + key], [repr(1_000_000 / rate), burst]
-        reply = await self._script("rate limit", RATE_LIMIT, keys, args)
+        reply = await self._script("rate_limit", RATE_LIMIT, keys, args)
         allowed, retry_after, remaining, reset = reply
         return RateDecision(bool(allowed), float(retry_after) / 1e6, int(remaining), float(reset) / 1e6)
 
@@ -246,13 +251,13 @@ class RedisStore:
         check_ttl(ttl)
         args = [member, ttl_millis(ttl), self.options.max_members, ttl_millis(MAX_TTL)]
         keys = self._member_keys(key)
-        return int(await self._script("add member", ADD_MEMBER, keys, args))
+        return int(await self._script("add_member", ADD_MEMBER, keys, args))
 
     async def remove_member(self, key: str, member: str) -> int:
         check_key(key)
         check_member(member)
         keys, args = self._member_keys(key), [member, ttl_millis(MAX_TTL)]
-        return int(await self._script("remove member", REMOVE_MEMBER, keys, args))
+        return int(await self._script("remove_member", REMOVE_MEMBER, keys, args))
 
     async def members(self, key: str) -> Members:
         check_key(key)
@@ -265,7 +270,7 @@ class RedisStore:
     async def members_version(self, key: str) -> int:
         version_key = self._member_keys(key)[1]
         check_key(key)
-        version = await self._run("members version", lambda client: client.get(version_key))
+        version = await self._run("members_version", lambda client: client.get(version_key))
         return 0 if version is None else int(version)
 
     async def set_sliding(self, key: str, value: bytes, *, idle: float, max_age: float) -> None:
@@ -273,23 +278,23 @@ class RedisStore:
         check_value(value)
         check_sliding(idle, max_age)
         keys, args = [self._structures + "sliding:" + key], [value, ttl_millis(idle), ttl_millis(max_age)]
-        await self._script("set sliding", SET_SLIDING, keys, args)
+        await self._script("set_sliding", SET_SLIDING, keys, args)
 
     async def get_sliding(self, key: str) -> bytes | None:
         check_key(key)
         keys = [self._structures + "sliding:" + key]
-        return await self._script("get sliding", GET_SLIDING, keys, [])
+        return await self._script("get_sliding", GET_SLIDING, keys, [])
 
     async def delete_sliding(self, key: str) -> None:
         check_key(key)
         sliding_key = self._structures + "sliding:" + key
-        await self._run("delete sliding", lambda client: client.delete(sliding_key))
+        await self._run("delete_sliding", lambda client: client.delete(sliding_key))
 
     async def ping(self) -> None:
         if isinstance(self._client, RedisCluster):
-            await self._run("PING", lambda client: client.ping(target_nodes=RedisCluster.PRIMARIES))
+            await self._run("ping", lambda client: client.ping(target_nodes=RedisCluster.PRIMARIES))
         else:
-            await self._run("PING", lambda client: client.ping())
+            await self._run("ping", lambda client: client.ping())
 
     async def close(self) -> None:
         if self._closed:
@@ -314,6 +319,21 @@ class RedisStore:
             return await client.eval(script.source, len(keys), *keys, *args)
 
     async def _run(self, what: str, command: Callable[[Any], Awaitable[T]]) -> T:
+        """`_attempt`, reported to `on_call` (operation, result, seconds) when there is one."""
+        if self._on_call is None:
+            return await self._attempt(what, command)
+        started, result = time.perf_counter(), "unavailable"
+        try:
+            value = await self._attempt(what, command)
+            result = "ok"
+            return value
+        except ValueError:  # the call was refused (StoreFull, not a counter): Redis answered
+            result = "refused"
+            raise
+        finally:
+            self._on_call(what, result, time.perf_counter() - started)
+
+    async def _attempt(self, what: str, command: Callable[[Any], Awaitable[T]]) -> T:
         """Run one command under the deadline, turning every failure to reach Redis into
         StoreUnavailable and a refused counter into ValueError."""
         if self._closed:

@@ -13,11 +13,12 @@ from typing import Any
 from authcar.config import Settings
 from authcar.store.base import Store, StoreUnavailable
 from authcar.store.memory import MemoryStore
-from authcar.store.redis import RedisOptions, RedisStore
+from authcar.store.redis import OnCall, RedisOptions, RedisStore
 
 
-def store_from_settings(settings: Settings) -> Store:
-    """Redis when AUTHCAR_REDIS_URL is set, else this process's memory. Connects on first use."""
+def store_from_settings(settings: Settings, on_call: OnCall | None = None) -> Store:
+    """Redis when AUTHCAR_REDIS_URL is set, else this process's memory. Connects on first use.
+    `on_call` hears of every Redis call (the memory store's calls take microseconds: not timed)."""
     if settings.redis_url is None:
         return MemoryStore()
     options = RedisOptions(
@@ -27,7 +28,7 @@ def store_from_settings(settings: Settings) -> Store:
         key_prefix=settings.redis_key_prefix,
         timeout=settings.redis_timeout,
     )
-    return RedisStore(options)
+    return RedisStore(options, on_call)
 
 
 async def store_readiness(store: Store) -> dict[str, Any]:

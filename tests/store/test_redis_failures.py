@@ -286,7 +286,11 @@ async def test_structures_are_namespaced_tagged_and_expire(tmp_path: Path) -> No
 
 async def test_a_full_member_set_refuses_new_members(tmp_path: Path) -> None:
     with standalone(tmp_path) as server:
-        store = RedisStore(RedisOptions(server.url, timeout=5, max_members=3))
+        calls: list[tuple[str, str]] = []
+        store = RedisStore(
+            RedisOptions(server.url, timeout=5, max_members=3),
+            on_call=lambda op, result, _: calls.append((op, result)),
+        )
         try:
             for member in ("a", "b", "c"):
                 await store.add_member("set", member, 60)
@@ -294,6 +298,7 @@ async def test_a_full_member_set_refuses_new_members(tmp_path: Path) -> None:
             with pytest.raises(StoreFull, match="3 members"):
                 await store.add_member("set", "d", 60)
             assert await store.members_version("set") == version  # nothing changed
+            assert calls[-2:] == [("add_member", "refused"), ("members_version", "ok")]
             await store.add_member("set", "a", 120)  # a present member may be renewed
             await store.remove_member("set", "b")
             await store.add_member("set", "d", 60)

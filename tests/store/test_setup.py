@@ -43,6 +43,10 @@ async def test_the_sidecar_shares_state_through_redis(
         await store.set("probe", b"v", 30)
         with redis_server.server.client() as client:
             assert client.get("wired:v1:probe") == b"v"
+        async with httpx.AsyncClient(timeout=30) as http:
+            metrics = (await http.get(f"{sidecar.admin_url}/metrics")).text
+        assert 'authcar_store_seconds_count{operation="set",result="ok"} 1.0' in metrics
+        assert 'authcar_store_seconds_count{operation="ping",result="ok"}' in metrics
 
 
 async def test_readiness_reports_redis_down_but_stays_ready(
@@ -57,7 +61,10 @@ async def test_readiness_reports_redis_down_but_stays_ready(
             check = answer.json()["checks"]["store"]
             assert check["ok"] is True
             assert check["reachable"] is False
-            assert "PING failed" in check["detail"]
+            assert "ping failed" in check["detail"]
             assert "readiness-secret" not in answer.text
+            async with httpx.AsyncClient(timeout=30) as http:
+                metrics = (await http.get(f"{sidecar.admin_url}/metrics")).text
+            assert 'authcar_store_seconds_count{operation="ping",result="unavailable"} 1.0' in metrics
             server.server.start()
             assert (await ready(sidecar.admin_url)).json()["checks"]["store"]["reachable"] is True
