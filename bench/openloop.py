@@ -79,8 +79,9 @@ class ResponseReader:
     def __init__(self) -> None:
         self.buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[int]:
-        """Append data; return the status codes of the responses it completed."""
+    def feed(self, data: bytes) -> list[tuple[int, bool]]:
+        """Append data; return (status, closing) of each response it completed, `closing` when the
+        server said `Connection: close` (that connection must not carry another request)."""
         self.buffer += data
         done = []
         while True:
@@ -105,7 +106,7 @@ class ResponseReader:
                     return done
                 consumed = body_start + length
             del self.buffer[:consumed]
-            done.append(status)
+            done.append((status, "\r\nconnection: close" in lower))
 
 
 @dataclass
@@ -134,13 +135,18 @@ class Connection(asyncio.Protocol):
         self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
-        for status in self.reader.feed(data):
+        for status, closing in self.reader.feed(data):
             if self.started is not None:
                 self.stats.latencies.append(time.perf_counter() - self.started)
                 if not 200 <= status < 400:
                     self.stats.non_2xx += 1
                 self.started = None
-                self.idle.append(self)
+                if closing:  # the server ends this connection: the next request needs another
+                    self.lost = True
+                    if self.transport is not None:
+                        self.transport.close()
+                else:
+                    self.idle.append(self)
                 self.on_free.set()
 
     def connection_lost(self, exc: Exception | None) -> None:

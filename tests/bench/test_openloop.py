@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 
 import pytest
-from openloop import ResponseReader, due_count, next_due_s, percentile, request_bytes, run, summarize
+from openloop import (
+    Connection,
+    ResponseReader,
+    Stats,
+    due_count,
+    next_due_s,
+    percentile,
+    request_bytes,
+    run,
+    summarize,
+)
 
 
 def test_request_i_is_due_at_i_over_rate_from_the_start() -> None:
@@ -45,11 +57,12 @@ def test_the_reader_splits_responses_however_the_bytes_arrive() -> None:
     one = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     chunked = b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     empty = b"HTTP/1.1 204 No Content\r\n\r\n"
-    stream = one + chunked + empty + one
+    closing = b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    stream = one + chunked + empty + one + closing
     for cut in range(1, len(stream)):
         reader = ResponseReader()
         statuses = reader.feed(stream[:cut]) + reader.feed(stream[cut:])
-        assert statuses == [200, 401, 204, 200], cut
+        assert statuses == [(200, False), (401, False), (204, False), (200, False), (503, True)], cut
         assert not reader.buffer
 
 
@@ -87,3 +100,52 @@ async def test_a_stalled_answer_shows_in_the_latency_of_the_requests_queued_behi
     # answered at least 100 ms after they were due (a lower bound set by the stall, not by speed).
     assert out["p50_ms"] >= 10
     assert out["max_ms"] >= 290
+
+
+async def test_a_connection_the_server_closes_is_not_used_again() -> None:
+    """A server answering `Connection: close` (Apache at its connection limit does) ends that
+    connection: sending the next request on it would count a server error that never happened."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        out = await run(f"http://127.0.0.1:{port}/", rate=200, duration=0.2, headers=[], cap=4)
+    assert out["errors"] == 0
+    assert out["completed"] == out["sent"] == 40
+    assert out["connections_opened"] == 40  # one per request, none reused after its close
+
+
+class StandInTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("head", "reused"), [(b"Connection: close\r\n", False), (b"", True)])
+def test_an_answered_connection_goes_back_to_the_idle_pool_unless_the_server_closes_it(
+    head: bytes, reused: bool
+) -> None:
+    stats, idle, event = Stats(), deque(), asyncio.Event()
+    conn = Connection(stats, idle, event)
+    transport = StandInTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", time.perf_counter())
+    conn.data_received(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 2\r\n\r\nok")
+    assert len(stats.latencies) == 1
+    assert event.is_set()
+    assert (conn in idle) is reused
+    assert transport.closed is not reused
+    assert conn.lost is not reused
