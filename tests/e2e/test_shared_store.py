@@ -1,7 +1,7 @@
 """Two sidecar processes share one Redis, as replicas do: an opaque token introspected through one is
 not introspected again through the other, and when Redis goes away mid-traffic they keep answering
 (the introspection cache falls back to asking the provider) and share again once it is back, without
-a restart."""
+a restart, also when Sentinel fails the master over."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.idp import IdP, run_idp
 from tests.support.process import SidecarProcess, start_sidecar_process
-from tests.support.redis_servers import Standalone, standalone
+from tests.support.redis_servers import Standalone, sentinel_set, standalone, wait_for
 from tests.support.upstream_app import RunningUpstream
 
 
@@ -92,6 +92,37 @@ async def test_replicas_keep_answering_while_redis_is_down_and_share_again_after
                 if idp.introspections == before + 1:
                     break  # shared again, by the same processes
                 assert asyncio.get_running_loop().time() < deadline, "the replicas never shared again"
+                await asyncio.sleep(0.2)
+        finally:
+            for sidecar in (one, two):
+                sidecar.stop()
+
+
+async def test_replicas_follow_a_sentinel_failover_without_a_restart(
+    tmp_path: Path, idp: IdP, upstream: RunningUpstream
+) -> None:
+    with sentinel_set(tmp_path, sentinels=1, down_after_ms=500) as group:
+        one, two = await replicas(tmp_path, idp, upstream, group.url)
+        try:
+            token = idp.mint_opaque(sub="erin")
+            assert await status(one, token) == 200
+            with group.master.client() as client:
+                assert client.wait(1, 10_000) == 1  # the cached answer is on the replica too
+            group.master.kill()
+            # While Sentinel fails over: still answered (from the provider if need be), never a 5xx.
+            assert await status(two, token) == 200
+            await asyncio.to_thread(
+                wait_for, lambda: group.master_port() == group.replica.port, "the failover", 60
+            )
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                before = idp.introspections
+                fresh = idp.mint_opaque(sub="frank")
+                assert await status(one, fresh) == 200
+                assert await status(two, fresh) == 200
+                if idp.introspections == before + 1:
+                    break  # sharing through the new master, by the same processes
+                assert asyncio.get_running_loop().time() < deadline, "the replicas never used the new master"
                 await asyncio.sleep(0.2)
         finally:
             for sidecar in (one, two):
