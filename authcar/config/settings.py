@@ -169,7 +169,8 @@ class Settings:
     )
     cookie_name: str = setting(
         DEFAULT_COOKIE_NAME,
-        "(browser login, once it lands) the session cookie's name (without Secure the default loses `__Host-`)",
+        "(browser login, once it lands) the session cookie's name"
+        " (without Secure the default loses `__Host-`)",
     )
     cookie_secure: bool = setting(
         True, "(browser login, once it lands) Secure cookies; `false` only for plain-HTTP development"
