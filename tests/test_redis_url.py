@@ -137,6 +137,8 @@ def test_the_printed_url_is_the_normalised_one() -> None:
         ({"timeout": float("nan")}, "timeout"),
         ({"timeout": 61}, "timeout"),
         ({"ca_file": Path("/ca.pem")}, "needs a rediss:// URL"),
+        ({"max_members": 0}, "max_members"),
+        ({"max_members": True}, "max_members"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, object], reason: str) -> None:

@@ -110,6 +110,12 @@ class RedisOptions:
                 check(value)  # type: ignore[operator]
             except ValueError as error:
                 raise ValueError(f"the Redis {name} {error}") from None
+        if (
+            isinstance(self.max_members, bool)
+            or not isinstance(self.max_members, int)
+            or self.max_members < 1
+        ):
+            raise ValueError(f"max_members must be a positive int, not {self.max_members!r}")
         if self.ca_file is not None and not target.tls:
             raise ValueError(f"a Redis CA file needs a rediss:// URL, not {target}")
 
