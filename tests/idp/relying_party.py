@@ -1,8 +1,8 @@
 """A stand-in relying party for testing the provider itself: it shows what arrives at its redirect URI
 and records the logout tokens posted to its back-channel logout URI.
 
-A stdlib HTTP server in a thread of its own, so it answers both async tests (the provider in the test's
-event loop posts to it) and a blocking browser driver.
+An HTTP server in a thread of its own (tests/support/threaded_http.py), so it answers both async
+tests (the provider in the test's event loop posts to it) and a blocking browser driver.
 
     with relying_party() as rp:
         rp.url("/callback")            # a page showing the query it was called with
@@ -16,15 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html import escape
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.support.threaded_http import QuietHandler, serve_in_thread
 
 MAX_BODY = 65536
 
 
 @dataclass
 class RelyingParty:
-    origin: str
+    origin: str = ""  # set once its server listens
     logout_tokens: list[str] = field(default_factory=list)
     backchannel_status: int = 200  # what the back-channel URI answers (a failing RP: 400, 501...)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,19 +44,8 @@ def callback_page(query: str) -> bytes:
     return f"{head}\n<body><dl>\n{items}\n</dl></body></html>\n".encode()
 
 
-def handler_for(rp: RelyingParty) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # quiet: tests read the records
-            pass
-
-        def answer(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
+def handler_for(rp: RelyingParty) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.answer(200, callback_page(urlsplit(self.path).query))
 
@@ -76,14 +66,7 @@ def handler_for(rp: RelyingParty) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def relying_party(host: str = "127.0.0.1") -> Iterator[RelyingParty]:
-    server = ThreadingHTTPServer((host, 0), BaseHTTPRequestHandler)
-    rp = RelyingParty(f"http://{host}:{server.server_address[1]}")
-    server.RequestHandlerClass = handler_for(rp)
-    thread = threading.Thread(target=server.serve_forever, name="relying-party", daemon=True)
-    thread.start()
-    try:
+    rp = RelyingParty()
+    with serve_in_thread(handler_for(rp), host) as port:
+        rp.origin = f"http://{host}:{port}"
         yield rp
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

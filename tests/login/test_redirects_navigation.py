@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -17,6 +16,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from authcar.login.redirects import RedirectPolicy
 from tests.login.test_redirects import CORPUS, generated_targets
 from tests.support.browser import WAIT_TIMEOUT, headless_chromium
+from tests.support.threaded_http import QuietHandler, serve_in_thread
 
 SAMPLE = 100  # generated targets followed per run (the first ones, so the same every run)
 
@@ -25,45 +25,36 @@ SAMPLE = 100  # generated targets followed per run (the first ones, so the same 
 class Landing:
     """A server that answers /go?to=<target> with a 302 there, and records the Host of everything else."""
 
-    port: int
+    port: int = 0
     arrivals: list[tuple[str, str]] = field(default_factory=list)  # (Host, path) of each arrival
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def landing_handler(landing: Landing) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+def landing_handler(landing: Landing) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             if parts.path == "/favicon.ico":  # the browser's own request, not a navigation
-                self.send_response(404)
+                self.answer(404)
             elif parts.path == "/go":
                 self.send_response(302)
                 self.send_header("Location", parse_qs(parts.query)["to"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 with landing.lock:
                     landing.arrivals.append((self.headers.get("Host", ""), self.path))
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+                self.answer(200)
 
     return Handler
 
 
 @pytest.fixture(scope="module")
 def landing() -> Iterator[Landing]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    spot = Landing(server.server_address[1])
-    server.RequestHandlerClass = landing_handler(spot)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield spot
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    spot = Landing()
+    with serve_in_thread(landing_handler(spot)) as port:
+        spot.port = port
+        yield spot
 
 
 @pytest.fixture(scope="module")
