@@ -6,7 +6,8 @@
 - `callback`: what the provider's redirect to `/oauth2/callback` says (code or error, state, iss);
 - `tokens`: the ID-token and logout-token claim checks beyond those of any token;
 - `navigation`: whether a request is a page load (send it to sign in) or an API call (401 JSON);
-- `pages`: the error and signed-out pages, self-contained, with their headers.
+- `pages`: the error and signed-out pages, self-contained, with their headers;
+- `cookies`: the session and login-state cookies: read by exact name, removed before forwarding.
 
 Nothing here is wired into the gate: AUTHCAR_LOGIN is refused at start until it is. This module
 imports nothing, so importing one part loads only that part.
