@@ -20,6 +20,7 @@ from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
 from authcar.policy.reload import PolicySource
 from authcar.reserved import build_reserved_app
+from authcar.revocation import RevocationList
 from authcar.store import Store
 from authcar.store.setup import store_from_settings, store_readiness
 from authcar.tls import CertificateStore
@@ -77,6 +78,9 @@ class Sidecar:
         # every replica, when AUTHCAR_REDIS_URL is set, else this process's memory.
         self.store: Store = store_from_settings(settings, on_call=self.time_store_call)
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
+        self.revocations = RevocationList(
+            self.store, fail_open=settings.revocation_fail_open, metrics=self.metrics
+        )
         self.policy = PolicySource(settings.policy_dir, self.metrics, role_prefix=settings.policy_role_prefix)
         self.policy.load_initial()
         self.draining = False
@@ -84,6 +88,7 @@ class Sidecar:
         self.public_app = Gate(
             header_rules=self.header_rules,
             authentication=self.authentication,
+            revocations=self.revocations,
             policy=self.policy,
             identity_headers=self.identity_headers,
             upstream=self.upstream,
@@ -97,6 +102,10 @@ class Sidecar:
     async def start(self) -> None:
         await self.upstream.start()
         await self.authentication.start()
+        # One confirmation before serving (bounded by the store's timeout), so a sidecar whose store
+        # answers starts with a current list; then the poll keeps it so.
+        await self.revocations.refresh_quietly()
+        self.tasks.append(asyncio.create_task(self.revocations.run(), name="authcar-revocations"))
         self.tasks.append(asyncio.create_task(self.metrics.flush_periodically(), name="authcar-metrics"))
         self.tasks.append(asyncio.create_task(self.policy.watch(), name="authcar-policy-watch"))
         if self.tls is not None:
@@ -144,4 +153,5 @@ class Sidecar:
         if self.tls is not None:
             checks["tls"] = self.tls.readiness()
         checks["store"] = await store_readiness(self.store)
+        checks["revocations"] = self.revocations.readiness()
         return checks

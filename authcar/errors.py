@@ -58,6 +58,16 @@ class Unauthorized(GatewayError):
         return bearer_challenge()
 
 
+class Revoked(Unauthorized):
+    """The token (or certificate subject) is on the revocation list (authcar/revocation.py)."""
+
+    code = "revoked"
+    description = "the token has been revoked"
+
+    def __init__(self) -> None:
+        super().__init__(token_error=INVALID_TOKEN)
+
+
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
@@ -138,10 +148,19 @@ class ServiceUnavailable(GatewayError):
     status = 503
     code = "unavailable"
     description = "the sidecar is not ready"
+    retry_after = 1  # seconds
+
+    def __init__(
+        self, description: str | None = None, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(description, code=code)
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def extra_headers(self) -> Headers:
-        # Every cause is passing (a busy pool, a shutdown handing over to another pod): try again soon.
-        return [(b"retry-after", b"1")]
+        # Every cause is passing (a busy pool, a shutdown handing over to another pod, a store that
+        # comes back): try again soon, or when the cause says it will have passed.
+        return [(b"retry-after", str(self.retry_after).encode())]
 
 
 class GatewayTimeout(GatewayError):

@@ -3,7 +3,9 @@
     1. frame     request id, header rules (hop-by-hop, identity headers, X-Forwarded-*), body limits
     2. route     one path normalisation (ambiguous paths: 400); reserved endpoints (/oauth2/*,
                  /.well-known/authcar/*) go to the sidecar's own app
-    3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401
+    3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401;
+                 then the revocation list (authcar/revocation.py): 401 revoked, or 503 when it
+                 cannot be confirmed
     4. authz     may they do this (authcar/policy/): one decision against one policy version;
                  dry run lets a denial through, logged
     5. inject    identity headers and the signed assertion (authcar/identity_headers.py)
@@ -74,6 +76,12 @@ class Authenticator(Protocol):
     """authcar.authn.chain.Authentication: who is calling, or Unauthorized/Forbidden."""
 
     async def authenticate(self, scope: Scope, path: str) -> Identity: ...
+
+
+class RevocationCheck(Protocol):
+    """authcar.revocation.RevocationList: Revoked (401) or ServiceUnavailable (503), without I/O."""
+
+    def check(self, identity: Identity) -> None: ...
 
 
 class PolicyHolder(Protocol):
@@ -159,6 +167,7 @@ class Gate:
         *,
         header_rules: HeaderRules,
         authentication: Authenticator,
+        revocations: RevocationCheck,
         policy: PolicyHolder,
         identity_headers: IdentityInjector,
         upstream: Forwarder,
@@ -169,6 +178,7 @@ class Gate:
     ) -> None:
         self.header_rules = header_rules
         self.authentication = authentication
+        self.revocations = revocations
         self.policy = policy
         self.identity_headers = identity_headers
         self.upstream = upstream
@@ -218,6 +228,7 @@ class Gate:
 
             # 3. authn
             identity = outcome.identity = await self.authentication.authenticate(scope, path)
+            self.revocations.check(identity)  # cached tokens too: it reads the identity, not the token
 
             # 4. authz
             method = scope.get("method", "GET")  # a WebSocket handshake is a GET

@@ -410,6 +410,23 @@ class Metrics:
             "Times a worker held AUTHCAR_MAX_CONNECTIONS and stopped accepting until one closed",
             registry=r,
         )
+        self.store_fail_open = Counter(
+            "authcar_store_fail_open",
+            "Requests let through because a check that needs the shared store could not be made, by use",
+            ["use"],
+            registry=r,
+        )
+        self.revocations = Gauge(
+            "authcar_revocations",
+            "Live revocations (jti, sub, sid) in the worker's copy of the revocation list",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.revocation_refresh_failures = Counter(
+            "authcar_revocation_refresh_failures",
+            "Polls of the revocation list that the store did not answer (requests fail closed after 1 s)",
+            registry=r,
+        )
         # Label lookups take a lock and a dict hit; the hot path reuses the children.
         # The two counters every request touches are counted in plain dicts and added to the
         # Prometheus counters (a lock per increment) in batches: at every scrape, and every

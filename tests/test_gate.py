@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import pytest
 
 from authcar.config import Settings
-from authcar.errors import BadGateway, PayloadTooLarge, Unauthorized
+from authcar.errors import BadGateway, PayloadTooLarge, Revoked, ServiceUnavailable, Unauthorized
 from authcar.exchange import Exchange
 from authcar.gate import Gate, GateOptions
 from authcar.headers import Framed, HeaderRules
@@ -47,6 +47,24 @@ class StandInAuthentication:
         if authorization:
             raise Unauthorized("the token is not acceptable", code="expired")
         return ANONYMOUS
+
+
+@dataclass
+class StandInRevocations:
+    """Refuses the subjects in `revoked`; with `unavailable`, every identity (a store outage)."""
+
+    revoked: set[str] = field(default_factory=set)
+    unavailable: bool = False
+    checked: list[Identity] = field(default_factory=list)
+
+    def check(self, identity: Identity) -> None:
+        self.checked.append(identity)
+        if identity.is_anonymous:
+            return
+        if identity.subject in self.revoked:
+            raise Revoked()
+        if self.unavailable:
+            raise ServiceUnavailable("revocations cannot be checked right now", code="revocation_unavailable")
 
 
 @dataclass
@@ -163,6 +181,7 @@ def rig(
     *,
     upstream: StandInUpstream | None = None,
     identity_headers: StandInIdentityHeaders | None = None,
+    revocations: StandInRevocations | None = None,
     trusted_proxies: tuple[str, ...] = (),
     **settings: Any,
 ) -> Rig:
@@ -174,6 +193,7 @@ def rig(
     gate = Gate(
         header_rules=HeaderRules(trusted_proxies, pass_host_header=True, upstream_host="127.0.0.1:8080"),
         authentication=authentication,
+        revocations=revocations or StandInRevocations(),
         policy=policy,
         identity_headers=identity_headers or StandInIdentityHeaders(),
         upstream=upstream,
@@ -336,6 +356,32 @@ async def test_a_refused_token_is_401_and_the_policy_is_never_asked() -> None:
     line = r.only_line()
     assert (line["decision"], line["reason"], line["subject"]) == ("deny", "expired", "")
     assert "policy" not in line  # no decision was taken
+
+
+async def test_a_revoked_identity_is_401_revoked_before_the_policy_and_nothing_is_forwarded() -> None:
+    revocations = StandInRevocations(revoked={"alice"})
+    r = rig(revocations=revocations)
+    answer = await call(r.gate, scope_for("GET", "/items", [(b"authorization", b"Bearer alice")]))
+    assert answer.status == 401
+    assert answer.json()["error"] == "revoked"
+    assert answer.headers[b"www-authenticate"].startswith(b'Bearer realm="authcar", error="invalid_token"')
+    assert revocations.checked == [ALICE]
+    assert r.upstream.seen == []
+    line = r.only_line()
+    assert (line["decision"], line["reason"], line["subject"]) == ("deny", "revoked", "alice")
+    assert "policy" not in line
+
+
+async def test_revocations_that_cannot_be_checked_are_503_with_retry_after_but_anonymous_passes() -> None:
+    r = rig(revocations=StandInRevocations(unavailable=True))
+    answer = await call(r.gate, scope_for("GET", "/items", [(b"authorization", b"Bearer alice")]))
+    assert answer.status == 503
+    assert answer.json()["error"] == "revocation_unavailable"
+    assert answer.headers[b"retry-after"] == b"1"
+    assert r.upstream.seen == []
+    public = await call(r.gate, scope_for("GET", "/public"))
+    assert public.status == 200
+    assert len(r.upstream.seen) == 1
 
 
 async def test_dry_run_lets_a_denial_through_and_says_why() -> None:

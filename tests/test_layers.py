@@ -6,7 +6,7 @@ the ones inside functions and under TYPE_CHECKING (a lazy import is still a depe
     wire level          protocol (uvicorn's HTTP protocol), http1 (the upstream client): they know
                         no tokens, no policy, no gate
     stages              authn (who is calling) and policy (may they) know nothing of each other, the
-                        forwarding, or the gate
+                        forwarding, or the gate; revocation reads identities, not tokens
     composition         app builds the gate from its parts; nothing else builds it
 """
 
@@ -48,6 +48,8 @@ PIPELINE_STAGES = (
     "authcar.http1",
     "authcar.reserved",
     "authcar.admin",
+    "authcar.admin_api",
+    "authcar.revocation",
 )
 COMPOSITION = ("authcar.app", "authcar.server", "authcar.demo", "authcar.__main__")
 ABOVE_THE_WIRE = (
@@ -59,6 +61,8 @@ ABOVE_THE_WIRE = (
     "authcar.identity_headers",
     "authcar.reserved",
     "authcar.admin",
+    "authcar.admin_api",
+    "authcar.revocation",
     *COMPOSITION,
 )
 
@@ -150,6 +154,13 @@ def test_authentication_and_authorization_know_nothing_of_each_other_or_what_fol
     later = ("authcar.gate", "authcar.upstream", "authcar.identity_headers", "authcar.protocol", *COMPOSITION)
     assert violations(modules_in(["authcar.authn"]), ("authcar.policy", *later)) == []
     assert violations(modules_in(["authcar.policy"]), ("authcar.authn", "authcar.login", *later)) == []
+
+
+def test_the_revocation_list_reads_identities_and_knows_no_token_validator_or_policy() -> None:
+    """Every authenticator's identity is checked the same way, cached ones included, because the
+    list sees only the Identity; the admin API writes the list and knows no other stage."""
+    stages = ("authcar.authn", "authcar.policy", "authcar.login", "authcar.gate", "authcar.upstream")
+    assert violations(["authcar.revocation", "authcar.admin_api"], (*stages, *COMPOSITION)) == []
 
 
 def test_forwarding_knows_no_identity_stage() -> None:

@@ -24,8 +24,9 @@ CookieSameSite = Literal["lax", "strict", "none"]
 
 
 def setting(default: Any, help: str, *, secret: bool = False) -> Any:
-    """A settings field with its documentation; `secret` adds the `AUTHCAR_<NAME>_FILE` variant."""
-    return field(default=default, metadata={"help": help, "secret": secret})
+    """A settings field with its documentation; `secret` adds the `AUTHCAR_<NAME>_FILE` variant and
+    keeps the value out of the repr (a logged or printed Settings never shows a secret)."""
+    return field(default=default, repr=not secret, metadata={"help": help, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,18 @@ class Settings:
     )
     redis_timeout: float = setting(
         DEFAULT_TIMEOUT, "seconds a Redis call may take before it counts as failed (connecting included)"
+    )
+    revocation_fail_open: bool = setting(
+        False,
+        "when the revocation list cannot be confirmed for 1 s (the store is unreachable): false answers"
+        " 503 revocation_unavailable, true lets tokens through on the last known list (logged, counted)",
+    )
+    admin_token: str | None = setting(
+        None,
+        "bearer token for the admin API (/api/v1/revocations) on the admin listener, at least 32"
+        " characters (or AUTHCAR_ADMIN_TOKEN_FILE); unset: /api/ is absent (404); probes and metrics"
+        " stay open",
+        secret=True,
     )
 
     shutdown_delay: float = setting(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from authcar.config.problems import Problem
 from authcar.config.settings import Settings
+from authcar.config.validation.admin import validate_admin
 from authcar.config.validation.authorization import validate_authorization
 from authcar.config.validation.introspection import validate_introspection
 from authcar.config.validation.issuers import issuer_warnings, validate_issuers
@@ -23,7 +24,7 @@ from authcar.config.validation.upstream import validate_upstream
 Validator = Callable[[Settings], list[Problem]]
 
 # In the order an operator reads a configuration: where it listens, what it protects, who is
-# trusted, what is allowed, how much of everything, where shared state lives.
+# trusted, what is allowed, how much of everything, where shared state lives, who may change it.
 VALIDATORS: tuple[Validator, ...] = (
     validate_listener,
     validate_upstream,
@@ -33,6 +34,7 @@ VALIDATORS: tuple[Validator, ...] = (
     validate_authorization,
     validate_limits,
     validate_store,
+    validate_admin,
 )
 WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings, login_warnings)
 
