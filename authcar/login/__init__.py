@@ -7,7 +7,8 @@
 - `tokens`: the ID-token and logout-token claim checks beyond those of any token;
 - `navigation`: whether a request is a page load (send it to sign in) or an API call (401 JSON);
 - `pages`: the error and signed-out pages, self-contained, with their headers;
-- `cookies`: the session and login-state cookies: read by exact name, removed before forwarding.
+- `cookies`: the session and login-state cookies: read by exact name, removed before forwarding;
+- `refresh`: when a session's access token is refreshed (a margin that scales with its lifetime).
 
 Nothing here is wired into the gate: AUTHCAR_LOGIN is refused at start until it is. This module
 imports nothing, so importing one part loads only that part.
