@@ -15,7 +15,7 @@
   enough to build the wheel.
 
 Rule checkers come with cases that break them, so a checker that passes everything would fail here.
-kubectl and hadolint are needed; without them these tests skip, except under CI (CI set), where they
+kubectl and hadolint are needed; without them these tests skip, except under CI (CI=true), where they
 fail.
 """
 
@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from tests.support import system
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -66,9 +68,7 @@ Rendered = dict[str, list[Resource]]
 
 
 def unavailable(what: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is required in CI")
-    pytest.skip(f"{what} is not installed")
+    system.unavailable(what, "see .ci/run")
 
 
 def kustomize_command() -> list[str]:

@@ -4,7 +4,6 @@ the install command when a binary is missing (a failure under CI=true, where .ci
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fast_upstream import UPSTREAM_BODY
 from procs import BenchError, Children, free_port, http_get, wait_tcp
+
+from tests.support import system
 
 BENCH_DIR = Path(baselines.__file__).resolve().parent
 ISSUER = "http://127.0.0.1:40000/realms/test"
@@ -55,10 +56,7 @@ def gateway_url(
 ) -> str:
     binary = baselines.locate(tool)
     if binary is None:
-        message = f"{tool.binary} not installed: {tool.install_command}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message} (.ci/run installs it)")
-        pytest.skip(message)
+        system.unavailable(tool.binary, tool.install_command)
     checks = baselines.write_token_checks(tmp, key, KID, ISSUER, "api")
     _, port = baselines.launch(tool, binary, children, tmp, upstream_port, checks)
     return f"http://127.0.0.1:{port}/"

@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.support import system
 
 # Generous upper bounds only: a page of this suite loads in milliseconds.
 PAGE_LOAD_TIMEOUT = 30.0
@@ -50,9 +51,7 @@ FLAGS = (
 
 
 def unavailable(what: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
-    pytest.skip(f"{what} is not installed (apt-get install chromium chromium-driver)")
+    system.unavailable(what, "apt-get install chromium chromium-driver")
 
 
 def find_binary(names: tuple[str, ...], fallback: Path) -> str | None:

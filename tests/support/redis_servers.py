@@ -12,7 +12,6 @@ fail in CI (CI=true), where .ci/run installs it.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -25,6 +24,8 @@ from typing import TypeVar
 
 import pytest
 import redis
+
+from tests.support import system
 
 T = TypeVar("T")
 
@@ -40,9 +41,7 @@ def redis_server_binary() -> str:
     """The path of redis-server, or skip (fail in CI) with the reason."""
     found = shutil.which("redis-server")
     if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server is required in CI (.ci/run installs the redis-server package)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        system.unavailable("redis-server", "apt-get install redis-server")
     return found
 
 
