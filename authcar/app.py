@@ -19,6 +19,8 @@ from authcar.headers import HeaderRules
 from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
 from authcar.policy.reload import PolicySource
+from authcar.rate_limit import RateLimiter
+from authcar.rate_spec import rate_spec
 from authcar.reserved import build_reserved_app
 from authcar.revocation import RevocationList
 from authcar.store import Store
@@ -96,8 +98,17 @@ class Sidecar:
             metrics=self.metrics,
             access_log=self.access_log,
             options=GateOptions.from_settings(settings),
+            rate_limit=self.rate_limiter(),
         )
         self.admin_app: Starlette = build_admin_app(self)
+
+    def rate_limiter(self) -> RateLimiter | None:
+        settings = self.settings
+        if settings.rate_limit is None:
+            return None
+        return RateLimiter(
+            rate_spec(settings.rate_limit, settings.rate_limit_burst), self.store, self.metrics
+        )
 
     async def start(self) -> None:
         await self.upstream.start()

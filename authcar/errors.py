@@ -132,6 +132,23 @@ class URITooLong(GatewayError):
     description = "the request target is longer than allowed"
 
 
+class RateLimited(GatewayError):
+    """The caller used up its rate limit (authcar/rate_limit.py). `headers`: the IETF RateLimit-Policy
+    and RateLimit fields, given by the stage that knows the limit."""
+
+    status = 429
+    code = "rate_limited"
+    description = "too many requests; retry later"
+
+    def __init__(self, retry_after: int, headers: Headers) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.headers = headers
+
+    def extra_headers(self) -> Headers:
+        return [(b"retry-after", str(self.retry_after).encode()), *self.headers]
+
+
 class HeadersTooLarge(GatewayError):
     status = 431
     code = "headers_too_large"

@@ -5,7 +5,8 @@
                  /.well-known/authcar/*) go to the sidecar's own app
     3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401;
                  then the revocation list (authcar/revocation.py): 401 revoked, or 503 when it
-                 cannot be confirmed
+                 cannot be confirmed; then the rate limit (authcar/rate_limit.py), per subject
+                 or client address: 429
     4. authz     may they do this (authcar/policy/): one decision against one policy version;
                  dry run lets a denial through, logged
     5. inject    identity headers and the signed assertion (authcar/identity_headers.py)
@@ -39,6 +40,7 @@ from authcar.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     PolicyDenied,
+    RateLimited,
     ServiceUnavailable,
     Unauthorized,
     send_error,
@@ -65,8 +67,9 @@ WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
 
 # How a request ended, as the access log and the `authcar_requests` metric name it: let through by
 # the policy (for a caller or for anyone), denied, let through by dry run despite a denial, answered
-# by the sidecar's own endpoints, or failed (bad request, upstream failure, a bug, shutdown).
-Decision = Literal["allow", "anonymous", "deny", "dry_run_allow", "sidecar", "error"]
+# by the sidecar's own endpoints, refused by the rate limit, or failed (bad request, upstream
+# failure, a bug, shutdown).
+Decision = Literal["allow", "anonymous", "deny", "dry_run_allow", "sidecar", "rate_limited", "error"]
 PASSED = frozenset({"allow", "anonymous", "dry_run_allow"})
 
 
@@ -82,6 +85,12 @@ class RevocationCheck(Protocol):
     """authcar.revocation.RevocationList: Revoked (401) or ServiceUnavailable (503), without I/O."""
 
     def check(self, identity: Identity) -> None: ...
+
+
+class Limiter(Protocol):
+    """authcar.rate_limit.RateLimiter: returns within the limit, raises RateLimited over it."""
+
+    async def admit(self, identity: Identity, client: str) -> None: ...
 
 
 class PolicyHolder(Protocol):
@@ -175,6 +184,7 @@ class Gate:
         metrics: Metrics,
         access_log: AccessLog,
         options: GateOptions,
+        rate_limit: Limiter | None = None,
     ) -> None:
         self.header_rules = header_rules
         self.authentication = authentication
@@ -186,6 +196,7 @@ class Gate:
         self.metrics = metrics
         self.access_log = access_log
         self.options = options
+        self.rate_limit = rate_limit
         self.reserved_prefixes = (options.reserved_prefix, WELL_KNOWN_PREFIX)
         self.max_body_bytes = options.max_body_bytes
         self.role_prefix = options.role_prefix
@@ -229,6 +240,8 @@ class Gate:
             # 3. authn
             identity = outcome.identity = await self.authentication.authenticate(scope, path)
             self.revocations.check(identity)  # cached tokens too: it reads the identity, not the token
+            if self.rate_limit is not None:
+                await self.rate_limit.admit(identity, outcome.client)
 
             # 4. authz
             method = scope.get("method", "GET")  # a WebSocket handshake is a GET
@@ -268,6 +281,8 @@ class Gate:
             if isinstance(error, Unauthorized | Forbidden):
                 outcome.decision = "deny"
                 outcome.reason = outcome.reason or error.code
+            elif isinstance(error, RateLimited):
+                outcome.decision = "rate_limited"
             await self.reject(scope, send, error, outcome, websocket)
         except Exception:
             # A bug, not a verdict: never let it through as a 500 with a traceback. One request

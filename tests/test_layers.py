@@ -35,6 +35,7 @@ VOCABULARY = (
     "authcar.extensions",
     "authcar.exchange",
     "authcar.redis_url",
+    "authcar.rate_spec",
 )
 CONFIGURATION = ("authcar.config",)  # a module or a package: the rule covers either
 PIPELINE_STAGES = (
@@ -42,6 +43,7 @@ PIPELINE_STAGES = (
     "authcar.authn",
     "authcar.login",
     "authcar.policy",
+    "authcar.rate_limit",
     "authcar.upstream",
     "authcar.protocol",
     "authcar.identity_headers",
@@ -56,6 +58,7 @@ ABOVE_THE_WIRE = (
     "authcar.authn",
     "authcar.login",
     "authcar.policy",
+    "authcar.rate_limit",
     "authcar.gate",
     "authcar.upstream",
     "authcar.identity_headers",
@@ -161,6 +164,13 @@ def test_the_revocation_list_reads_identities_and_knows_no_token_validator_or_po
     list sees only the Identity; the admin API writes the list and knows no other stage."""
     stages = ("authcar.authn", "authcar.policy", "authcar.login", "authcar.gate", "authcar.upstream")
     assert violations(["authcar.revocation", "authcar.admin_api"], (*stages, *COMPOSITION)) == []
+
+
+def test_the_rate_limit_knows_only_the_identity_and_the_store() -> None:
+    """It counts who authentication found; how they were found, what the policy says and where the
+    request goes are not its business."""
+    others = ("authcar.authn", "authcar.login", "authcar.policy", "authcar.upstream", "authcar.gate")
+    assert violations(["authcar.rate_limit"], (*others, "authcar.protocol", *COMPOSITION)) == []
 
 
 def test_forwarding_knows_no_identity_stage() -> None:

@@ -306,6 +306,15 @@ class Settings:
         secret=True,
     )
 
+    rate_limit: str | None = setting(
+        None,
+        "requests per subject (anonymous callers: per client address, IPv6 per /64), shared by every"
+        " replica through the store: <count>/<s|m|h>, e.g. 100/s or 6000/m; over it: 429; unset: no limit",
+    )
+    rate_limit_burst: int | None = setting(
+        None, "most requests allowed at once, then they pass at the steady rate (default: the rate's count)"
+    )
+
     shutdown_delay: float = setting(
         0.0, "seconds to keep serving after SIGTERM while /readyz fails, so endpoints drop this pod first"
     )

@@ -155,10 +155,13 @@ class MemoryStore:
         tat = max(float(entry[0]) if entry else now, now)  # theoretical arrival time
         new_tat = tat + interval
         allowed_from = new_tat - burst * interval
-        if now < allowed_from:
+        # Float rounding (half an ulp per step that moved `tat`, one more for `burst * interval`) can
+        # put a request that is exactly due a hair in the future: a fresh key refused at a burst of 1.
+        if allowed_from - now > (burst + 2) * math.ulp(new_tat):
             return RateDecision(False, allowed_from - now, 0, tat - now)
         self._put(_RATE + key, repr(new_tat).encode(), new_tat, now)
-        return RateDecision(True, 0.0, math.floor((now - allowed_from) / interval + 1e-9), new_tat - now)
+        remaining = max(0, math.floor((now - allowed_from) / interval + 1e-9))
+        return RateDecision(True, 0.0, remaining, new_tat - now)
 
     async def add_member(self, key: str, member: str, ttl: float) -> int:
         check_key(key)

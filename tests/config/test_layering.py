@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What authcar.config may load besides itself: vocabulary that knows no request, token or policy.
 # headers and paths hold header-name sets and path syntax (they import only errors and types);
-# redis_url the Redis URL syntax and setting rules (it imports nothing of authcar).
+# redis_url the Redis URL syntax and setting rules, rate_spec the rate limit's (neither imports
+# anything of authcar).
 VOCABULARY = {
     "authcar",
     "authcar.claim_headers",
@@ -20,6 +21,7 @@ VOCABULARY = {
     "authcar.headers",
     "authcar.jose",
     "authcar.paths",
+    "authcar.rate_spec",
     "authcar.redis_url",
     "authcar.types",
 }

@@ -18,13 +18,15 @@ from authcar.config.validation.issuers import issuer_warnings, validate_issuers
 from authcar.config.validation.limits import validate_limits
 from authcar.config.validation.listener import validate_listener
 from authcar.config.validation.login import login_warnings, validate_login
+from authcar.config.validation.rate_limit import rate_limit_warnings, validate_rate_limit
 from authcar.config.validation.store import store_warnings, validate_store
 from authcar.config.validation.upstream import validate_upstream
 
 Validator = Callable[[Settings], list[Problem]]
 
 # In the order an operator reads a configuration: where it listens, what it protects, who is
-# trusted, what is allowed, how much of everything, where shared state lives, who may change it.
+# trusted, what is allowed, how much of everything, where shared state lives, who may change it,
+# how often a caller may come.
 VALIDATORS: tuple[Validator, ...] = (
     validate_listener,
     validate_upstream,
@@ -35,8 +37,9 @@ VALIDATORS: tuple[Validator, ...] = (
     validate_limits,
     validate_store,
     validate_admin,
+    validate_rate_limit,
 )
-WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings, login_warnings)
+WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings, login_warnings, rate_limit_warnings)
 
 
 def validate(s: Settings) -> list[Problem]:
