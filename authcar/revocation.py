@@ -3,7 +3,9 @@
 The list is one member set in the shared store (`revocations`), each member `<kind>:<value as
 base64url>` with its own expiry, so any string a token can carry fits the store's key rules and no
 client-chosen text is ever a raw key. Values are at most 255 UTF-8 bytes (OpenID Connect Core §2
-caps `sub` at 255 characters); a token whose claim is longer simply matches nothing.
+caps `sub` at 255 characters); a token whose claim is longer simply matches nothing. At most
+MAX_ENTRIES (10,000) live entries: each worker reloads the whole list in one store call whenever it
+changes, and that call must fit within AUTHCAR_REDIS_TIMEOUT.
 
 Every worker keeps a local copy (authcar.store.MemberView) that a background task confirms against
 the store every POLL_INTERVAL seconds (one small read; the members are reloaded only when the set's
@@ -39,7 +41,7 @@ from authcar.errors import Revoked, ServiceUnavailable
 from authcar.identity import Identity
 from authcar.loglimit import LogLimiter
 from authcar.observe import Metrics
-from authcar.store import MAX_TTL, Store, StoreUnavailable
+from authcar.store import MAX_TTL, Store, StoreFull, StoreUnavailable
 from authcar.store.member_view import MemberView
 
 log = logging.getLogger("authcar.revocation")
@@ -55,6 +57,11 @@ MAX_EXPIRES_IN = MAX_TTL
 # How old a revocation may be before every replica enforces it, and how often the copy is confirmed.
 # A revocation is seen by the first refresh that starts after it was written: at most
 # max(POLL_INTERVAL, refresh) + refresh later, a refresh taking at most two store calls.
+# Live entries the admin API adds up to. Every worker reloads the whole list whenever it changes,
+# in one store call under AUTHCAR_REDIS_TIMEOUT: at 10,000 entries that read takes ~80 ms from a
+# local Redis (and the copy ~3.3 MB per worker), at 100,000 (the store's own bound) ~0.75 s, past
+# the default timeout, so the list could never load again and every request would fail closed.
+MAX_ENTRIES = 10_000
 PROMISE = 1.0
 POLL_INTERVAL = 0.25
 STORE_CALLS_PER_REFRESH = 2
@@ -103,6 +110,7 @@ class RevocationList:
         metrics: Metrics | None = None,
         poll_interval: float = POLL_INTERVAL,
         promise: float = PROMISE,
+        max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -110,6 +118,7 @@ class RevocationList:
         self.metrics = metrics
         self.poll_interval = poll_interval
         self.promise = promise
+        self.max_entries = max_entries
         self.clock = clock
         self.view = MemberView(store, SET_KEY, poll_interval=poll_interval, clock=clock)
         self.revoked: dict[tuple[str, str], float] = {}  # (kind, value) -> local time it expires
@@ -208,7 +217,14 @@ class RevocationList:
     # --- the admin API's operations -------------------------------------------------------------
 
     async def add(self, revocation: Revocation) -> None:
-        """Write the entry (StoreUnavailable, StoreFull), then refresh this worker's copy at once."""
+        """Write the entry (StoreUnavailable; StoreFull at `max_entries`, as this worker's current
+        copy counts them), then refresh this worker's copy at once."""
+        await self.refresh()
+        now = self.clock()
+        live = sum(1 for deadline in self.revoked.values() if deadline > now)
+        known = self.revoked.get((revocation.kind, revocation.value), now) > now
+        if not known and live >= self.max_entries:
+            raise StoreFull(f"the revocation list holds {live} live entries")
         await self.store.add_member(
             SET_KEY, member_of(revocation.kind, revocation.value), revocation.expires_in
         )

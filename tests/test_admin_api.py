@@ -87,8 +87,8 @@ def test_well_formed_bodies_name_their_entry(body: bytes, entry: Revocation) -> 
     assert parse_revocation(body) == entry
 
 
-def admin_client(admin_token: str | None) -> httpx.AsyncClient:
-    revocations = RevocationList(MemoryStore(), fail_open=False)
+def admin_client(admin_token: str | None, max_entries: int = 10) -> httpx.AsyncClient:
+    revocations = RevocationList(MemoryStore(), fail_open=False, max_entries=max_entries)
 
     async def readiness() -> dict[str, Any]:
         return {"config": {"ok": True}}
@@ -192,3 +192,14 @@ async def test_bodies_are_bounded_and_bad_ones_answered_with_their_code() -> Non
         wrong_path = await client.post("/api/v1/revocations/", headers=AUTH, content=b'{"jti": "a"}')
         assert_error(wrong_path, 404, "not_found")
         assert (await client.get("/api/v1/revocations", headers=AUTH)).json()["count"] == 0
+
+
+async def test_a_full_list_is_503_with_the_time_until_a_place_frees() -> None:
+    async with admin_client(TOKEN, max_entries=1) as client:
+        first = await client.post("/api/v1/revocations", headers=AUTH, json={"jti": "a", "expires_in": 90.5})
+        assert first.status_code == 201
+        full = await client.post("/api/v1/revocations", headers=AUTH, json={"jti": "b"})
+        assert_error(full, 503, "revocation_list_full")
+        assert 1 <= int(full.headers["retry-after"]) <= 91
+        again = await client.post("/api/v1/revocations", headers=AUTH, json={"jti": "a", "expires_in": 5})
+        assert again.status_code == 201  # a known entry takes its new expiry

@@ -18,6 +18,7 @@ from authcar.redis_url import DEFAULT_TIMEOUT
 from authcar.revocation import (
     DEFAULT_EXPIRES_IN,
     KINDS,
+    MAX_ENTRIES,
     MAX_VALUE_BYTES,
     POLL_INTERVAL,
     PROMISE,
@@ -28,7 +29,7 @@ from authcar.revocation import (
     member_of,
     worst_delay,
 )
-from authcar.store import MemoryStore, StoreUnavailable
+from authcar.store import MAX_MEMBERS, MemoryStore, StoreFull, StoreUnavailable
 from authcar.store.base import check_member
 
 
@@ -229,3 +230,19 @@ def test_every_value_becomes_a_member_the_store_accepts_and_reads_back(kind: str
 
 def test_the_longest_value_fits_the_store_s_member_rules() -> None:
     check_member(member_of("sub", "\U0001f600" * (MAX_VALUE_BYTES // 4) + "abc"))
+
+
+async def test_the_list_is_bounded_and_a_full_one_still_takes_new_expiries_for_known_entries(
+    shared: SwitchableStore, clock: Clock
+) -> None:
+    revocations = replica(shared, clock, max_entries=2)
+    await revocations.add(Revocation("jti", "one", 10))
+    await revocations.add(Revocation("jti", "two", 20))
+    with pytest.raises(StoreFull):
+        await revocations.add(Revocation("jti", "three"))
+    await revocations.add(Revocation("jti", "one", 30))  # known: a new expiry, not a new entry
+    assert [(e.value, e.expires_in) for e in await revocations.listed()] == [("two", 20), ("one", 30)]
+    assert await revocations.soonest_expiry() == 20
+    clock.now += 21
+    await revocations.add(Revocation("jti", "three"))  # "two" expired and freed its place
+    assert MAX_ENTRIES * 4 <= MAX_MEMBERS  # the store's own bound never decides first
