@@ -63,8 +63,9 @@ def address_key(client: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         mapped = address.ipv4_mapped
         if mapped is None:
-            network = ipaddress.IPv6Network((int(address) >> IPV6_PREFIX << IPV6_PREFIX, IPV6_PREFIX))
-            return f"ip6:{network}"
+            # The network's first address, written canonically (cheaper than building an IPv6Network).
+            prefix = ipaddress.IPv6Address(int(address) >> IPV6_PREFIX << IPV6_PREFIX)
+            return f"ip6:{prefix}/{IPV6_PREFIX}"
         address = mapped  # ::ffff:a.b.c.d is the IPv4 client of a dual-stack socket
     return f"ip:{address}"
 
