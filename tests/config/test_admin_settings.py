@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from authcar.config import ConfigError, load_settings
+from authcar.config import ConfigError, load_settings, validation_warnings
 
 BASE = {"AUTHCAR_UPSTREAM": "http://127.0.0.1:8080", "AUTHCAR_ALLOW_ANONYMOUS": "true"}
 GOOD = "k" * 31 + "-._~+/="
@@ -58,3 +58,12 @@ def test_the_token_reads_from_a_file_and_fail_open_is_off_by_default(tmp_path: P
     assert loaded.settings.admin_token == GOOD
     assert loaded.settings.revocation_fail_open is False
     assert GOOD not in repr(loaded.settings)
+
+
+def test_failing_open_without_a_shared_store_is_a_warning_that_it_does_nothing() -> None:
+    alone = load_settings({}, environ={**BASE, "AUTHCAR_REVOCATION_FAIL_OPEN": "true"}).settings
+    assert any("AUTHCAR_REVOCATION_FAIL_OPEN: has no effect" in w.message for w in validation_warnings(alone))
+    shared = {**BASE, "AUTHCAR_REVOCATION_FAIL_OPEN": "true", "AUTHCAR_REDIS_URL": "redis://127.0.0.1:6379"}
+    assert not [
+        w for w in validation_warnings(load_settings({}, environ=shared).settings) if "FAIL_OPEN" in w.message
+    ]

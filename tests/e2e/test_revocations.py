@@ -38,7 +38,7 @@ class Replicas:
     upstream: MisbehavingUpstream
     redis: Standalone
     a: SidecarProcess  # fail closed, admin API on
-    b: SidecarProcess  # fail closed, admin API on
+    b: SidecarProcess  # fail closed, admin API on, two workers (each with its own copy)
     open: SidecarProcess  # AUTHCAR_REVOCATION_FAIL_OPEN, no admin token
 
 
@@ -66,7 +66,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         try:
             for extra in (
                 {"AUTHCAR_ADMIN_TOKEN": ADMIN_TOKEN},
-                {"AUTHCAR_ADMIN_TOKEN": ADMIN_TOKEN},
+                {"AUTHCAR_ADMIN_TOKEN": ADMIN_TOKEN, "AUTHCAR_WORKERS": "2"},
                 {"AUTHCAR_REVOCATION_FAIL_OPEN": "true"},
             ):
                 started.append(start_sidecar_process(workdir, {**base, **extra}))
@@ -146,11 +146,26 @@ def test_a_revocation_through_one_replica_is_enforced_by_the_other_even_for_a_ca
             return True
 
         eventually(b_refuses, "replica B refuses the token revoked through A")
+
+        def every_worker_refuses() -> bool:
+            # New connections, whichever of B's workers takes each: every one polls for itself.
+            answers = [
+                httpx.get(replicas.b.url + "/orders", headers={**bearer, "connection": "close"}, timeout=10)
+                for _ in range(8)
+            ]
+            return all(answer.status_code == 401 for answer in answers)
+
+        eventually(every_worker_refuses, "both of B's workers refuse it")
         passed_before = reached(replicas.upstream, subject)
         for method in ("GET", "POST", "DELETE"):
             assert_refused(b.request(method, "/orders", headers=bearer, content=b"{}"), 401, "revoked")
         with httpx.Client(base_url=replicas.a.url, timeout=10) as a:  # and A, on a new connection
             assert_refused(a.get("/orders", headers=bearer), 401, "revoked")
+        for _ in range(8):
+            fresh = httpx.get(
+                replicas.b.url + "/orders", headers={**bearer, "connection": "close"}, timeout=10
+            )
+            assert_refused(fresh, 401, "revoked")
         assert reached(replicas.upstream, subject) == passed_before  # nothing refused reached the app
 
         other = replicas.idp.mint({"sid": unique("session")}, sub=unique("other-user"))
@@ -244,15 +259,25 @@ def test_with_redis_down_tokens_fail_closed_or_open_as_configured_and_recover_wi
     finally:
         replicas.redis.server.start()  # the same port: the sidecars reconnect on their own
 
+    def recovered(sidecar: SidecarProcess) -> bool:
+        # Each worker reconnects on its own; new connections reach either of B's two.
+        for _ in range(4):
+            if (
+                httpx.get(
+                    sidecar.url + "/orders", headers={**bearer, "connection": "close"}, timeout=10
+                ).status_code
+                != 200
+            ):
+                return False
+            state = httpx.get(sidecar.admin_url + "/readyz", timeout=10).json()["checks"]["revocations"]
+            if state["current"] is not True:
+                return False
+        return True
+
     for sidecar in (replicas.a, replicas.b):
         eventually(
-            lambda sidecar=sidecar: (
-                httpx.get(sidecar.url + "/orders", headers=bearer, timeout=10).status_code == 200
-            ),
-            "a replica accepts tokens again once Redis is back",
+            lambda sidecar=sidecar: recovered(sidecar), "a replica is current and accepts tokens again"
         )
-        state = httpx.get(sidecar.admin_url + "/readyz", timeout=10).json()["checks"]["revocations"]
-        assert state["current"] is True
     assert [sidecar.process.pid for sidecar in (replicas.a, replicas.b, replicas.open)] == pids
     assert all(sidecar.process.poll() is None for sidecar in (replicas.a, replicas.b, replicas.open))
     assert reached(replicas.upstream, subject) > reached_before

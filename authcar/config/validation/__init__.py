@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from authcar.config.problems import Problem
 from authcar.config.settings import Settings
-from authcar.config.validation.admin import validate_admin
+from authcar.config.validation.admin import admin_warnings, validate_admin
 from authcar.config.validation.authorization import validate_authorization
 from authcar.config.validation.introspection import validate_introspection
 from authcar.config.validation.issuers import issuer_warnings, validate_issuers
@@ -39,7 +39,13 @@ VALIDATORS: tuple[Validator, ...] = (
     validate_admin,
     validate_rate_limit,
 )
-WARNINGS: tuple[Validator, ...] = (issuer_warnings, store_warnings, login_warnings, rate_limit_warnings)
+WARNINGS: tuple[Validator, ...] = (
+    issuer_warnings,
+    store_warnings,
+    login_warnings,
+    rate_limit_warnings,
+    admin_warnings,
+)
 
 
 def validate(s: Settings) -> list[Problem]:

@@ -32,3 +32,10 @@ def validate_admin(s: Settings) -> list[Problem]:
         )
         problems.append(problem("admin_token", text, also=("workers", "redis_url")))
     return problems
+
+
+def admin_warnings(s: Settings) -> list[Problem]:
+    if s.revocation_fail_open and s.redis_url is None:
+        text = f"has no effect without {env_name('redis_url')}: a memory store is never out of reach"
+        return [problem("revocation_fail_open", text, ("redis_url",))]
+    return []
