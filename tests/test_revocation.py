@@ -4,6 +4,10 @@ processes and a real redis-server: tests/e2e/test_revocations.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -246,3 +250,29 @@ async def test_the_list_is_bounded_and_a_full_one_still_takes_new_expiries_for_k
     clock.now += 21
     await revocations.add(Revocation("jti", "three"))  # "two" expired and freed its place
     assert MAX_ENTRIES * 4 <= MAX_MEMBERS  # the store's own bound never decides first
+
+
+async def test_the_poll_survives_an_outage_and_picks_up_changes_after_it() -> None:
+    store = SwitchableStore(MemoryStore())
+    writer = RevocationList(store, fail_open=False)  # type: ignore[arg-type]
+    reader = RevocationList(store, fail_open=False, poll_interval=0.01)  # type: ignore[arg-type]
+    task = asyncio.create_task(reader.run())
+    try:
+        store.down = True
+        await until(lambda: reader.last_error == "connection refused")
+        store.down = False
+        await writer.add(Revocation("sub", "alice"))
+        await until(lambda: ("sub", "alice") in reader.revoked and not reader.last_error)
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """An outcome with a generous bound, never a speed."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
