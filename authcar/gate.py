@@ -2,7 +2,8 @@
 
     1. frame     request id, header rules (hop-by-hop, identity headers, X-Forwarded-*), body limits
     2. route     one path normalisation (ambiguous paths: 400); reserved endpoints (/oauth2/*,
-                 /.well-known/authcar/*) go to the sidecar's own app
+                 /.well-known/authcar/*) go to the sidecar's own app; forward-auth (/oauth2/auth)
+                 instead decides the request a trusted gateway describes (authcar/forward_auth.py)
     3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401;
                  then the revocation list (authcar/revocation.py): 401 revoked, or 503 when it
                  cannot be confirmed; then the rate limit (authcar/rate_limit.py), per subject
@@ -10,7 +11,8 @@
     4. authz     may they do this (authcar/policy/): one decision against one policy version;
                  dry run lets a denial through, logged
     5. inject    identity headers and the signed assertion (authcar/identity_headers.py)
-    6. forward   to the upstream, streaming; WebSockets bridged
+    6. forward   to the upstream, streaming; WebSockets bridged. Forward-auth answers 200 with the
+                 identity headers instead, for the gateway to copy: nothing is forwarded
     7. record    one access-log line and the metrics, from the request's RequestRecord
 
 The gate is given its parts (authcar/app.py passes the real ones; tests/test_gate.py stand-ins), and
@@ -47,6 +49,7 @@ from authcar.errors import (
 )
 from authcar.exchange import Exchange
 from authcar.extensions import TARGET_AUTHORITY_EXTENSION
+from authcar.forward_auth import Description, ForwardAuth
 from authcar.headers import Framed, HeaderRules, request_id_from
 from authcar.identity import ANONYMOUS, Identity
 from authcar.loglimit import LogLimiter
@@ -161,6 +164,8 @@ class RequestRecord:
     rule: tuple[str, ...] = ()  # the policy line that decided
     reason: str = ""  # why a request was refused, or why a denial was let through
     policy_version: str = ""
+    forward_auth: bool = False  # a gateway's forward-auth request (/oauth2/auth)
+    described: Description | None = None  # the request it asks about, once its description is vetted
 
     @property
     def status(self) -> int:
@@ -202,6 +207,7 @@ class Gate:
         self.role_prefix = options.role_prefix
         self.dry_run = options.dry_run
         self.dry_run_paths = PublicPaths.from_entries(options.dry_run_paths) or None
+        self.forward_auth = ForwardAuth(options.reserved_prefix, REFUSED_METHODS)
         self.quiet = LogLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,22 +235,31 @@ class Gate:
                 raise BadRequest("the request target must be a path", code="bad_request_target")
             if scope.get("method") in REFUSED_METHODS:
                 raise MethodNotAllowed()
-            # One normalisation (ambiguous paths are 400): what is checked is what is forwarded.
-            path = self.checked_path(scope)
-            if path.startswith(self.reserved_prefixes):
-                outcome.decision = "sidecar"
-                own_scope, own_send = with_request_id(scope, send, framed.request_id, exchange)
-                await self.reserved_app(own_scope, receive, own_send)
-                return
+            # The request the stages decide: this one, or the one a forward-auth request describes.
+            decided = scope
+            described = None
+            if not websocket and self.forward_auth.recognises(scope.get("raw_path") or b""):
+                outcome.forward_auth = True
+                trusted = self.header_rules.is_trusted(outcome.peer)
+                described = outcome.described = self.forward_auth.describe(scope, trusted=trusted)
+                decided, path = described.scope(scope), described.path
+            else:
+                # One normalisation (ambiguous paths are 400): what is checked is what is forwarded.
+                path = self.checked_path(scope)
+                if path.startswith(self.reserved_prefixes):
+                    outcome.decision = "sidecar"
+                    own_scope, own_send = with_request_id(scope, send, framed.request_id, exchange)
+                    await self.reserved_app(own_scope, receive, own_send)
+                    return
 
             # 3. authn
-            identity = outcome.identity = await self.authentication.authenticate(scope, path)
+            identity = outcome.identity = await self.authentication.authenticate(decided, path)
             self.revocations.check(identity)  # cached tokens too: it reads the identity, not the token
             if self.rate_limit is not None:
                 await self.rate_limit.admit(identity, outcome.client)
 
             # 4. authz
-            method = scope.get("method", "GET")  # a WebSocket handshake is a GET
+            method = decided.get("method", "GET")  # a WebSocket handshake is a GET
             request, verdict = authorize(self.policy.current, identity, method, path, self.role_prefix)
             outcome.roles, outcome.rule = request.roles, verdict.rule
             outcome.policy_version = verdict.policy_version
@@ -264,7 +279,12 @@ class Gate:
                 raise PolicyDenied(verdict.reason, verdict.rule)
 
             # 5. inject
-            framed.headers.extend(self.identity_headers.headers_for(identity, method, path))
+            identity_headers = self.identity_headers.headers_for(identity, method, path)
+            if described is not None:
+                # 6. (forward-auth) answer: the gateway copies the headers onto the request it holds.
+                await answer_forward_auth(send, identity_headers, framed.request_id_bytes, exchange)
+                return
+            framed.headers.extend(identity_headers)
             if self.options.forward_client_cert and (certificate := certificate_of(scope)) is not None:
                 framed.headers.append(client_cert_header(certificate))
 
@@ -387,6 +407,8 @@ class Gate:
         status = outcome.status
         metrics = self.metrics
         metrics.count_request(status, outcome.decision)
+        if outcome.forward_auth:
+            metrics.count_forward_auth(status, outcome.decision)
         metrics.request_duration.observe(duration)
         if exchange.upstream_seconds:
             metrics.upstream_duration.observe(exchange.upstream_seconds)
@@ -396,13 +418,20 @@ class Gate:
         if not access_log.enabled:
             return
         tls = scope.get("extensions", {}).get("tls")
+        described = outcome.described
+        if described is not None:
+            # What was decided is the described request: its method and normalised path.
+            method, path = described.method, described.path
+        else:
+            method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+            path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
         access_log.write(
             AccessEntry(
                 time=time.time(),
                 request_id=outcome.request_id,
                 client=outcome.client,
-                method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
-                path=scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
+                method=method,
+                path=path,
                 status=status,
                 bytes_in=exchange.bytes_in,
                 bytes_out=exchange.bytes_out,
@@ -417,6 +446,9 @@ class Gate:
                 reason=outcome.reason,
                 policy=outcome.policy_version,
                 peer=outcome.peer if outcome.peer != outcome.client else "",
+                forward_auth=(described.source if described is not None else "refused")
+                if outcome.forward_auth
+                else "",
             )
         )
 
@@ -429,6 +461,22 @@ class Gate:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def answer_forward_auth(
+    send: Send, identity_headers: Headers, request_id: bytes, exchange: Exchange
+) -> None:
+    """200 without a body: the identity headers for the gateway to copy, never to be cached (they
+    hold a short-lived assertion bound to one request)."""
+    headers = [
+        *identity_headers,
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+        (b"x-request-id", request_id),
+    ]
+    exchange.status = 200
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def with_request_id(scope: Scope, send: Send, request_id: str, exchange: Exchange) -> tuple[Scope, Send]:

@@ -160,6 +160,9 @@ class AccessEntry(NamedTuple):
     reason: str = ""  # why a request was refused (an error code), or why a denial was let through
     policy: str = ""  # the policy version that decided
     peer: str = ""  # the connection's address, when a trusted proxy told another `client`
+    # A forward-auth request (/oauth2/auth): where its description came from (x-forwarded,
+    # x-original, path), or "refused"; method and path are then the described request's.
+    forward_auth: str = ""
 
 
 FLUSH_ENTRIES = 256
@@ -231,6 +234,8 @@ class AccessLog:
                 line += f" upstream_error={e.upstream_error}"
             if e.peer:
                 line += f" peer={e.peer}"
+            if e.forward_auth:
+                line += f" forward_auth={e.forward_auth}"
             return line
         line = JSON_LINE % (
             self.timestamp(e.time),
@@ -260,6 +265,8 @@ class AccessLog:
             line += ',"client_cert":' + escape_json(e.client_cert)
         if e.peer:
             line += ',"peer":"' + e.peer + '"'
+        if e.forward_auth:
+            line += ',"forward_auth":"' + e.forward_auth + '"'
         return line + "}"
 
     def flush(self) -> None:
@@ -399,6 +406,13 @@ class Metrics:
             ["decision"],
             registry=r,
         )
+        self.forward_auth_requests = Counter(
+            "authcar_forward_auth_requests",
+            "Forward-auth requests (/oauth2/auth) answered, by status and decision (a subset of"
+            " authcar_requests)",
+            ["status", "decision"],
+            registry=r,
+        )
         self.client_timeouts = Counter(
             "authcar_client_timeouts",
             "Client connections closed for slowness: head_silent (nothing sent), head, body, send (unread)",
@@ -434,9 +448,15 @@ class Metrics:
         self.pending_requests: dict[tuple[int, str], int] = {}
         self.pending_tokens: dict[str, int] = {}
         self.pending_decisions: dict[str, int] = {}
+        self.pending_forward_auth: dict[tuple[int, str], int] = {}
 
     def count_request(self, status: int, decision: str) -> None:
         pending = self.pending_requests
+        key = (status, decision)
+        pending[key] = pending.get(key, 0) + 1
+
+    def count_forward_auth(self, status: int, decision: str) -> None:
+        pending = self.pending_forward_auth
         key = (status, decision)
         pending[key] = pending.get(key, 0) + 1
 
@@ -467,6 +487,9 @@ class Metrics:
         tokens, self.pending_tokens = self.pending_tokens, {}
         for result, count in tokens.items():
             self.token_validations.labels(result=result).inc(count)
+        forward_auth, self.pending_forward_auth = self.pending_forward_auth, {}
+        for (status, decision), count in forward_auth.items():
+            self.forward_auth_requests.labels(status=str(status), decision=decision).inc(count)
         decisions, self.pending_decisions = self.pending_decisions, {}
         for decision, count in decisions.items():
             self.authz_decisions.labels(decision=decision).inc(count)

@@ -40,6 +40,7 @@ VOCABULARY = (
 CONFIGURATION = ("authcar.config",)  # a module or a package: the rule covers either
 PIPELINE_STAGES = (
     "authcar.gate",
+    "authcar.forward_auth",
     "authcar.authn",
     "authcar.login",
     "authcar.policy",
