@@ -36,6 +36,10 @@ async def replicas(
         "AUTHCAR_REDIS_URL": redis_url,
         "AUTHCAR_ACCESS_LOG": "false",
         "AUTHCAR_SHUTDOWN_GRACE_PERIOD": "1",
+        # These tests are about the introspection cache: while Redis is down the revocation check
+        # would answer 503 (it fails closed; tests/e2e/test_revocations.py proves that), so here
+        # it is told to let requests through.
+        "AUTHCAR_REVOCATION_FAIL_OPEN": "true",
     }
     # Off the event loop: the in-process provider must answer their discovery meanwhile.
     return list(await asyncio.gather(*(asyncio.to_thread(start_sidecar_process, log_dir, env) for _ in "12")))
