@@ -17,6 +17,7 @@ from authcar.config import Settings
 from authcar.gate import Gate, GateOptions
 from authcar.headers import HeaderRules
 from authcar.identity_headers import IdentityHeaders
+from authcar.login.setup import build_login
 from authcar.observe import AccessLog, Metrics
 from authcar.policy.reload import PolicySource
 from authcar.rate_limit import RateLimiter
@@ -71,15 +72,17 @@ class Sidecar:
                 on_event=self.tls_event,
             )
             self.metrics.tls_expiry.set(self.tls.not_after)
-        # The identity provider's client (discovery, JWKS, introspection; later login): httpx, with
+        # The identity provider's client (discovery, JWKS, introspection): httpx, with
         # tight timeouts so a slow provider cannot hold requests for long.
         self.idp_http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=3.0), follow_redirects=False, headers={"User-Agent": "authcar"}
         )
-        # State with TTLs (introspection results; later sessions and rate limits): Redis, shared by
+        # State with TTLs (introspection results, revocations, rate limits, login sessions): Redis, shared by
         # every replica, when AUTHCAR_REDIS_URL is set, else this process's memory.
         self.store: Store = store_from_settings(settings, on_call=self.time_store_call)
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
+        # Browser login (AUTHCAR_LOGIN): its endpoints, and the sessions the authentication reads.
+        self.login = build_login(settings, self.authentication, self.store)
         self.revocations = RevocationList(
             self.store, fail_open=settings.revocation_fail_open, metrics=self.metrics
         )
@@ -94,11 +97,14 @@ class Sidecar:
             policy=self.policy,
             identity_headers=self.identity_headers,
             upstream=self.upstream,
-            reserved_app=build_reserved_app(self.assertion_signer),
+            reserved_app=build_reserved_app(
+                self.assertion_signer, self.login.routes() if self.login is not None else ()
+            ),
             metrics=self.metrics,
             access_log=self.access_log,
             options=GateOptions.from_settings(settings),
             rate_limit=self.rate_limiter(),
+            login=self.login,
         )
         self.admin_app: Starlette = build_admin_app(self)
 
@@ -125,6 +131,8 @@ class Sidecar:
     async def close(self) -> None:
         await cancel_and_wait(self.tasks)
         await self.authentication.close()
+        if self.login is not None:
+            await self.login.close()
         await self.idp_http.aclose()
         await self.store.close()
         self.metrics.flush()  # the last counts reach the (multiprocess) files before exit

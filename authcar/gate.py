@@ -4,7 +4,8 @@
     2. route     one path normalisation (ambiguous paths: 400); reserved endpoints (/oauth2/*,
                  /.well-known/authcar/*) go to the sidecar's own app; forward-auth (/oauth2/auth)
                  instead decides the request a trusted gateway describes (authcar/forward_auth.py)
-    3. authn     who is calling (authcar/authn/chain.py): public path, token, certificate, or 401;
+    3. authn     who is calling (authcar/authn/chain.py): public path, token, browser session,
+                 certificate, or 401 (a page load without a session: 302 to sign in, authcar/login/);
                  then the revocation list (authcar/revocation.py): 401 revoked, or 503 when it
                  cannot be confirmed; then the rate limit (authcar/rate_limit.py), per subject
                  or client address: 429
@@ -123,6 +124,17 @@ class Forwarder(Protocol):
     ) -> None: ...
 
 
+class LoginHooks(Protocol):
+    """authcar.login.flow.BrowserLogin, when AUTHCAR_LOGIN is on: what browser login adds to a
+    request that is not one of its own endpoints."""
+
+    def challenge(self, scope: Scope, error: GatewayError) -> GatewayError: ...
+
+    def session_headers(self, scope: Scope) -> Headers: ...
+
+    def without_own_cookies(self, headers: Headers) -> Headers: ...
+
+
 @dataclass(frozen=True, slots=True)
 class GateOptions:
     """The settings the gate itself reads, and nothing else of the configuration."""
@@ -190,6 +202,7 @@ class Gate:
         access_log: AccessLog,
         options: GateOptions,
         rate_limit: Limiter | None = None,
+        login: LoginHooks | None = None,
     ) -> None:
         self.header_rules = header_rules
         self.authentication = authentication
@@ -202,6 +215,7 @@ class Gate:
         self.access_log = access_log
         self.options = options
         self.rate_limit = rate_limit
+        self.login = login
         self.reserved_prefixes = (options.reserved_prefix, WELL_KNOWN_PREFIX)
         self.max_body_bytes = options.max_body_bytes
         self.role_prefix = options.role_prefix
@@ -280,11 +294,16 @@ class Gate:
 
             # 5. inject
             identity_headers = self.identity_headers.headers_for(identity, method, path)
+            if self.login is not None:
+                identity_headers = [*identity_headers, *self.login.session_headers(decided)]
             if described is not None:
                 # 6. (forward-auth) answer: the gateway copies the headers onto the request it holds.
                 await answer_forward_auth(send, identity_headers, framed.request_id_bytes, exchange)
                 return
             framed.headers.extend(identity_headers)
+            if self.login is not None:
+                # The session id is the browser's bearer secret: the application never sees it.
+                framed.headers[:] = self.login.without_own_cookies(framed.headers)
             if self.options.forward_client_cert and (certificate := certificate_of(scope)) is not None:
                 framed.headers.append(client_cert_header(certificate))
 
@@ -303,6 +322,10 @@ class Gate:
                 outcome.reason = outcome.reason or error.code
             elif isinstance(error, RateLimited):
                 outcome.decision = "rate_limited"
+            if self.login is not None and not outcome.forward_auth and not websocket:
+                # A person's page load is sent to sign in instead of getting the 401.
+                error = self.login.challenge(scope, error)
+                exchange.status = 499 if exchange.client_gone else error.status
             await self.reject(scope, send, error, outcome, websocket)
         except Exception:
             # A bug, not a verdict: never let it through as a 500 with a traceback. One request

@@ -8,6 +8,8 @@ the reserved prefixes ever reaches the application by accident.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,8 +25,11 @@ JWKS_PATH = "/.well-known/authcar/jwks.json"
 JWKS_CACHE_CONTROL = "public, max-age=300"
 
 
-def build_reserved_app(assertion_signer: AssertionSigner | None = None) -> Starlette:
-    routes: list[Route] = []
+def build_reserved_app(
+    assertion_signer: AssertionSigner | None = None, login_routes: Sequence[Route] = ()
+) -> Starlette:
+    """`login_routes`: browser login's endpoints (authcar/login/flow.py), when AUTHCAR_LOGIN is on."""
+    routes: list[Route] = list(login_routes)
     if assertion_signer is not None:
         jwks_body = assertion_signer.jwks_json()
 

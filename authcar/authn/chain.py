@@ -2,9 +2,10 @@
 
     1. public path or CORS preflight   anonymous, whatever else the request carries
     2. a bearer token                  header, cookie, or query (when enabled): valid, or 401/403
-    3. a verified client certificate   when AUTHCAR_TLS_CLIENT_CERT_IDENTITY is on
-    4. AUTHCAR_ALLOW_ANONYMOUS         anonymous (development)
-    5. otherwise                       401 without an `error` attribute (RFC 6750 §3.1)
+    3. a browser session               the session cookie (AUTHCAR_LOGIN), its record in the store
+    4. a verified client certificate   when AUTHCAR_TLS_CLIENT_CERT_IDENTITY is on
+    5. AUTHCAR_ALLOW_ANONYMOUS         anonymous (development)
+    6. otherwise                       401 without an `error` attribute (RFC 6750 §3.1)
 
 A token that is present decides the outcome: a bad token is never "no token", so a client cannot
 fall back to its certificate or to anonymous access by sending garbage.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -39,6 +40,12 @@ log = logging.getLogger("authcar.authn")
 FIRST_FETCH_WAIT = 1.0
 
 
+class SessionSource(Protocol):
+    """authcar.login.flow.BrowserLogin: the identity of the request's browser session, or None."""
+
+    async def identify(self, scope: Scope) -> Identity | None: ...
+
+
 class Authentication:
     def __init__(
         self, settings: Settings, http: httpx.AsyncClient, store: Store, metrics: Metrics | None = None
@@ -48,10 +55,21 @@ class Authentication:
         self.has_public_paths = bool(self.public)
         self.cors_preflight = settings.public_cors_preflight
         self.sources = TokenSources(cookie=settings.token_cookie, allow_query=settings.allow_query_token)
+        login_issuer = settings.login_issuer() if settings.login else None
         self.issuers = [
-            Issuer(config, settings, http, on_fetch=self.count_fetch, on_metadata=self.on_metadata)
+            Issuer(
+                config,
+                settings,
+                http,
+                on_fetch=self.count_fetch,
+                on_metadata=self.on_metadata,
+                login=login_issuer is not None and config.issuer_url == login_issuer.issuer_url,
+            )
             for config in settings.all_issuers()
         ]
+        self.login_issuer = next((issuer for issuer in self.issuers if issuer.login), None)
+        # Browser sessions (authcar/login/flow.py), set once login is built on this issuer.
+        self.sessions: SessionSource | None = None
         self.bearer = (
             BearerAuthenticator(self.issuers, settings, http, store, metrics) if self.issuers else None
         )
@@ -100,6 +118,10 @@ class Authentication:
             if found.forward_query is not None:
                 scope["query_string"] = found.forward_query
             return identity
+        if self.sessions is not None:
+            identity = await self.sessions.identify(scope)
+            if identity is not None:
+                return identity
         if self.certificates:
             certificate = certificate_of(scope)
             if certificate is not None:

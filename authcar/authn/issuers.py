@@ -37,7 +37,10 @@ class Issuer:
         *,
         on_fetch: Callable[[bool], None] | None = None,
         on_metadata: Callable[[Issuer], None] | None = None,
+        login: bool = False,
     ) -> None:
+        """`login`: browser login signs in at this issuer, so its provider metadata (authorization,
+        token, end-session endpoints) is needed even when its keys come from elsewhere."""
         inherited = (config.algorithms, config.leeway, config.subject_claim, config.roles_claim)
         if any(value is None for value in inherited):
             raise ValueError("issuer settings must be resolved first (Settings.all_issuers)")
@@ -51,6 +54,7 @@ class Issuer:
         self.cooldown = settings.oidc_jwks_cooldown
         self.on_fetch = on_fetch
         self.on_metadata = on_metadata
+        self.login = login
         self.policy = IssuerPolicy(
             issuer=config.issuer_url,
             audiences=frozenset(config.audience),  # empty only with allow_any_audience
@@ -77,7 +81,9 @@ class Issuer:
 
     @property
     def needs_discovery(self) -> bool:
-        return self.keyset is None or (self.introspects and self.config.introspection_url is None)
+        return (
+            self.keyset is None or self.login or (self.introspects and self.config.introspection_url is None)
+        )
 
     def new_keyset(self, **source: Any) -> KeySet:
         return KeySet(

@@ -133,6 +133,11 @@ class ProviderMetadata:
     authorization_endpoint: str | None
     end_session_endpoint: str | None
     introspection_auth_methods: tuple[str, ...]
+    userinfo_endpoint: str | None = None
+    token_auth_methods: tuple[str, ...] = ()
+    # RFC 9207: the provider names itself in every authorization response (`iss`), so a response
+    # without it is refused (a mix-up attack would strip it).
+    sends_iss: bool = False
 
     @classmethod
     def from_document(cls, document: Any, expected_issuer: str) -> ProviderMetadata:
@@ -163,7 +168,14 @@ class ProviderMetadata:
             authorization_endpoint=url("authorization_endpoint"),
             end_session_endpoint=url("end_session_endpoint"),
             introspection_auth_methods=tuple(m for m in methods if isinstance(m, str)),
+            userinfo_endpoint=url("userinfo_endpoint"),
+            token_auth_methods=strings(document.get("token_endpoint_auth_methods_supported")),
+            sends_iss=document.get("authorization_response_iss_parameter_supported") is True,
         )
+
+
+def strings(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()
 
 
 def document_from(data: bytes, source: str) -> dict[str, Any]:

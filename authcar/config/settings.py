@@ -88,9 +88,7 @@ class Settings:
         "run the AUTHCAR_OIDC_* issuer without an audience: it then accepts tokens minted for any"
         " client of the provider (YAML issuers: `allow_any_audience` each); check-config warns",
     )
-    oidc_client_id: str | None = setting(
-        None, "client id, for token introspection (and browser login, once it lands)"
-    )
+    oidc_client_id: str | None = setting(None, "client id, for token introspection and browser login")
     oidc_client_secret: str | None = setting(
         None, "client secret (or AUTHCAR_OIDC_CLIENT_SECRET_FILE)", secret=True
     )
@@ -151,50 +149,45 @@ class Settings:
         " client-sent certificate headers are always removed",
     )
 
-    # Browser login (CONTRACT "Browser login"): the settings are read and checked, the feature is not
-    # there yet, so AUTHCAR_LOGIN=true is refused (validation/login.py).
+    # Browser login (CONTRACT "Browser login", authcar/login/), checked by validation/login.py.
     login: bool = setting(
-        False, "browser login (OIDC code + PKCE): not available in this version; `true` is refused at start"
+        False,
+        "browser login (OIDC code + PKCE): page loads without a token are sent to sign in at the issuer"
+        " with client credentials; API calls still get 401",
     )
     oidc_redirect_url: str | None = setting(
         None,
-        "(browser login, once it lands) the callback URL registered at the provider, e.g. https://app.example/oauth2/callback",
+        "(browser login) the callback URL registered at the provider, e.g. https://app.example/oauth2/callback",
     )
-    oidc_scopes: str = setting(
-        "openid profile email", "(browser login, once it lands) scopes asked for, space-separated"
-    )
+    oidc_scopes: str = setting("openid profile email", "(browser login) scopes asked for, space-separated")
     cookie_secret: str | None = setting(
         None,
-        "(browser login, once it lands) at least 32 random bytes that sign the login-state cookie",
+        "(browser login) at least 32 random bytes that sign the login-state cookie",
         secret=True,
     )
     cookie_name: str = setting(
         DEFAULT_COOKIE_NAME,
-        "(browser login, once it lands) the session cookie's name"
-        " (without Secure the default loses `__Host-`)",
+        "(browser login) the session cookie's name (without Secure the default loses `__Host-`)",
     )
     cookie_secure: bool = setting(
-        True, "(browser login, once it lands) Secure cookies; `false` only for plain-HTTP development"
+        True, "(browser login) Secure cookies; `false` only for plain-HTTP development"
     )
     cookie_samesite: CookieSameSite = setting(
-        "lax", "(browser login, once it lands) the cookies' SameSite (lax, strict or none)"
+        "lax", "(browser login) the cookies' SameSite (lax, strict or none)"
     )
-    session_idle_timeout: int = setting(
-        3600, "(browser login, once it lands) seconds an unused session lasts"
-    )
-    session_max_age: int = setting(86400, "(browser login, once it lands) seconds any session lasts")
+    session_idle_timeout: int = setting(3600, "(browser login) seconds an unused session lasts")
+    session_max_age: int = setting(86400, "(browser login) seconds any session lasts")
     allowed_redirect_hosts: tuple[str, ...] = setting(
         (),
-        "(browser login, once it lands) hosts (`host` or `host:port`) a return-to or post-logout target"
+        "(browser login) hosts (`host` or `host:port`) a return-to or post-logout target"
         " may name besides ours",
     )
     post_logout_redirect_url: str | None = setting(
-        None, "(browser login, once it lands) where the provider sends the browser after RP-initiated logout"
+        None, "(browser login) where the provider sends the browser after RP-initiated logout"
     )
     pass_access_token: bool = setting(
         False,
-        "(browser login, once it lands) give a session's access token to the app"
-        " as X-Auth-Request-Access-Token",
+        "(browser login) give a session's access token to the app as X-Auth-Request-Access-Token",
     )
 
     policy_dir: Path = setting(
@@ -228,7 +221,8 @@ class Settings:
         (), "networks (CIDR) whose X-Forwarded-* headers are trusted, e.g. an ingress controller's pod range"
     )
     reserved_prefix: str = setting(
-        "/oauth2/", "path prefix served by the sidecar itself (JSON 404 until the login endpoints land)"
+        "/oauth2/",
+        "path prefix served by the sidecar itself (login endpoints, forward-auth; other paths JSON 404)",
     )
     pass_host_header: bool = setting(True, "forward the client's Host header (else the upstream's host)")
 
@@ -351,6 +345,11 @@ class Settings:
         if not self.cookie_secure and self.cookie_name == DEFAULT_COOKIE_NAME:
             return self.cookie_name.removeprefix(HOST_PREFIX)
         return self.cookie_name
+
+    def login_issuer(self) -> IssuerSettings | None:
+        """The issuer browsers sign in at: the first (AUTHCAR_OIDC_* before the YAML list) with
+        client credentials, inherited fields filled in."""
+        return next((i for i in self.all_issuers() if i.client_id and i.client_secret), None)
 
     def all_issuers(self) -> tuple[IssuerSettings, ...]:
         """Every trusted issuer with inherited fields filled in from the top-level settings."""

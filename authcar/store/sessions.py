@@ -53,3 +53,11 @@ class SessionRecords:
             await self.store.delete_sliding(f"session:{session}")
             await self.store.remove_member(index, session)
         return len(sessions)
+
+    async def replace(self, sid: str, sub: str, data: bytes, *, max_age: float) -> None:
+        """New data for a live session (a refresh), ending `max_age` from now: the caller passes
+        what is left of the session's absolute lifetime, so a refresh never extends it."""
+        value = digest(sub).encode() + b" " + data
+        await self.store.set_sliding(
+            f"session:{digest(sid)}", value, idle=self.idle, max_age=min(max_age, self.max_age)
+        )

@@ -1,5 +1,5 @@
 """The browser-login settings (CONTRACT "Browser login"): each mistake is a problem naming its setting,
-and AUTHCAR_LOGIN=true is refused at start and by check-config while login is not in this version."""
+AUTHCAR_LOGIN=true is accepted with what it needs, and the login settings warn when login is off."""
 
 from __future__ import annotations
 
@@ -41,11 +41,18 @@ def test_defaults_are_the_contracts() -> None:
     assert validation_warnings(s) == []
 
 
-def test_a_whole_login_configuration_is_refused_as_not_available_yet() -> None:
-    assert problems_of(WHOLE_LOGIN) == [
-        "AUTHCAR_LOGIN: browser login is not available in this version of authcar (its settings are"
-        " checked, its endpoints do not exist yet); leave AUTHCAR_LOGIN unset"
-    ]
+def test_a_whole_login_configuration_is_accepted_and_names_its_issuer() -> None:
+    s = load(WHOLE_LOGIN)
+    assert s.login is True
+    issuer = s.login_issuer()
+    assert issuer is not None
+    assert issuer.issuer_url == "https://idp.example/realms/x"
+    assert validation_warnings(s) == []
+
+
+def test_without_client_credentials_there_is_no_login_issuer() -> None:
+    s = load({"AUTHCAR_OIDC_ISSUER_URL": "https://idp.example/realms/x", "AUTHCAR_OIDC_AUDIENCE": "api"})
+    assert s.login_issuer() is None
 
 
 def test_login_names_what_it_needs() -> None:
@@ -116,14 +123,15 @@ def test_a_valid_login_configuration_without_login_warns_that_it_does_nothing() 
     [warning] = validation_warnings(s)
     assert warning.message == (
         "AUTHCAR_OIDC_REDIRECT_URL, AUTHCAR_COOKIE_SECRET, AUTHCAR_ALLOWED_REDIRECT_HOSTS:"
-        " no effect, browser login is not available in this version"
+        " no effect without AUTHCAR_LOGIN=true"
     )
 
 
-@pytest.mark.parametrize("command", ["check-config", "run"])
-def test_check_config_and_run_refuse_login_with_a_clear_message(command: str) -> None:
-    result = authcar(command, env={**BASE, **WHOLE_LOGIN})
+def test_check_config_names_a_missing_login_setting_without_showing_the_secret() -> None:
+    env = {**BASE, **WHOLE_LOGIN}
+    del env["AUTHCAR_OIDC_REDIRECT_URL"]
+    result = authcar("check-config", env=env)
     assert result.returncode == 1
-    assert "browser login is not available in this version" in result.stderr
+    assert "AUTHCAR_LOGIN needs AUTHCAR_OIDC_REDIRECT_URL" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert SECRET not in result.stderr + result.stdout

@@ -1,6 +1,6 @@
-"""Browser login (CONTRACT "Browser login"): the cookies, the callback and the targets it may send
-browsers to. Login itself is not in this version, so AUTHCAR_LOGIN=true is refused, with every other
-problem its settings have so that the operator can fix them all at once.
+"""Browser login (CONTRACT "Browser login"): the cookies, the callback, the targets it may send
+browsers to, and what AUTHCAR_LOGIN=true needs (a callback URL, a cookie secret, an issuer with client
+credentials), every problem at once so that the operator can fix them together.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ def validate_login(s: Settings) -> list[Problem]:
         *scope_problems(s),
     ]
     if s.login:
-        problems.append(
-            problem(
-                "login",
-                "browser login is not available in this version of authcar (its settings are checked,"
-                " its endpoints do not exist yet); leave AUTHCAR_LOGIN unset",
-            )
-        )
         problems.extend(required_with_login(s))
     return problems
 
@@ -170,7 +163,7 @@ def login_warnings(s: Settings) -> list[Problem]:
     return [
         Problem(
             changed[0],
-            f"{names}: no effect, browser login is not available in this version",
+            f"{names}: no effect without {env_name('login')}=true",
             tuple(changed[1:]),
         )
     ]
