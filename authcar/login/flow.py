@@ -1,5 +1,5 @@
-"""Browser login, put together: the `/oauth2/` endpoints (start, callback, sign_out, userinfo) and
-the session a browser request is authenticated by.
+"""Browser login, put together: the `/oauth2/` endpoints (start, callback, sign_out, userinfo,
+backchannel_logout) and the session a browser request is authenticated by.
 
     start       rd checked by the redirect policy -> a login attempt sealed into its own cookie ->
                 302 to the provider's authorization endpoint (code, PKCE S256, state, nonce)
@@ -10,6 +10,8 @@ the session a browser request is authenticated by.
                 due, once across replicas -> the Identity, through the same policy and headers
     sign_out    the record ended in the store, the cookie cleared -> the provider's end_session
                 endpoint (id_token_hint, our registered post-logout URL), else a signed-out page
+    backchannel_logout  the provider's logout token -> every session of its sid / sub ended, on
+                every replica (backchannel.py)
 
 Sessions fail closed: a store that does not answer is 503, never a session assumed.
 """
@@ -32,12 +34,14 @@ from starlette.routing import Route
 from authcar.background import cancel_and_wait
 from authcar.claims import TokenRejected
 from authcar.errors import (
+    BadGateway,
     GatewayError,
     ServiceUnavailable,
     Unauthorized,
     error_response,
 )
 from authcar.identity import Identity
+from authcar.login.backchannel import BackChannelLogout
 from authcar.login.callback import CallbackRefused, parse_callback
 from authcar.login.cookies import SidecarCookies
 from authcar.login.navigation import is_page_load, return_to
@@ -110,6 +114,7 @@ class BrowserLogin:
         self.options = options
         self.clock = clock
         self.records = SessionRecords(store, idle=options.idle, max_age=options.max_age)
+        self.backchannel = BackChannelLogout(provider, self.records, store, clock=clock)
         self.start_path = options.reserved_prefix + "start"
         self.sign_out_path = options.reserved_prefix + "sign_out"
         # Refreshes under way in this process, by session digest: concurrent requests share one.
@@ -126,19 +131,24 @@ class BrowserLogin:
             Route(prefix + "start", self.guarded(self.start), methods=["GET"]),
             Route(prefix + "callback", self.guarded(self.callback), methods=["GET"]),
             Route(prefix + "sign_out", self.guarded(self.sign_out), methods=["GET", "POST"]),
-            Route(prefix + "userinfo", self.guarded(self.userinfo), methods=["GET"]),
+            Route(prefix + "userinfo", self.guarded(self.userinfo, api=True), methods=["GET"]),
+            Route(
+                prefix + "backchannel_logout",
+                self.guarded(self.backchannel.endpoint, api=True),
+                methods=["POST"],
+            ),
         ]
 
-    def guarded(self, endpoint: Endpoint) -> Endpoint:
-        """The endpoint, with every failure answered: an error of ours as itself (JSON for userinfo,
-        a page for the browser's endpoints), a bug as a 502, never a traceback."""
+    def guarded(self, endpoint: Endpoint, *, api: bool = False) -> Endpoint:
+        """The endpoint, with every failure answered: an error of ours as itself (JSON for the `api`
+        endpoints that programs call, a page for the browser's), a bug as a 502, never a traceback."""
 
         async def answer(request: Request) -> Response:
             request_id = request.headers.get("x-request-id", "")
             try:
                 return await endpoint(request)
             except GatewayError as error:
-                if endpoint == self.userinfo:
+                if api:
                     return error_response(error, request_id)
                 return self.page_error(
                     request, error.status, "Sign-in is unavailable right now. Try again shortly."
@@ -148,6 +158,8 @@ class BrowserLogin:
                     log.exception(
                         "login_endpoint_error", extra={"suppressed": suppressed, "request_id": request_id}
                     )
+                if api:
+                    return error_response(BadGateway("the request could not be completed"), request_id)
                 return self.page_error(request, 502, "Sign-in could not be completed.")
 
         return answer
@@ -367,7 +379,9 @@ class BrowserLogin:
         try:
             if old is not None:
                 await self.records.end(old)  # the browser's earlier session does not live on beside
-            await self.records.create(session_id, session.subject, session.to_bytes())
+            await self.records.create(
+                session_id, session.subject, session.to_bytes(), provider_sid=session.provider_sid
+            )
         except StoreUnavailable:
             return self.page_error(request, 503, "Sign-in is unavailable right now. Try again shortly.")
         except SessionTooLarge:

@@ -30,7 +30,7 @@ from authcar.authn.issuers import Issuer
 from authcar.authn.jwt import IssuerPolicy, JWTValidator
 from authcar.authn.keys import KeySet, ProviderMetadata
 from authcar.claims import TokenRejected
-from authcar.identity import Identity
+from authcar.identity import ANONYMOUS, Identity
 from authcar.jsonlimits import JSONLimits, JSONRejected, decode_object
 
 log = logging.getLogger("authcar.login")
@@ -61,11 +61,19 @@ class TokenAnswer:
     expires_at: float | None
 
 
-class IdTokenIssuer:
-    """The login issuer seen by the validator for ID tokens: its keys and algorithms, but our
-    client id as the only audience (OIDC Core 3.1.3.7), and `sub`, `exp`, `iat` required."""
+ID_TOKEN_CLAIMS = ("exp", "iat", "sub")  # OIDC Core 2
+# Back-Channel Logout 1.0 2.4: a logout token may name only a `sid` (no `sub`); `exp` the validator
+# always requires, and `iat` must be recent (authcar/login/tokens.py).
+LOGOUT_TOKEN_CLAIMS = ("iat",)
 
-    def __init__(self, issuer: Issuer, client_id: str) -> None:
+
+class IdTokenIssuer:
+    """The login issuer seen by the validator for the tokens it issues to us (ID tokens, logout
+    tokens): its keys and algorithms, but our client id as the only audience (OIDC Core 3.1.3.7)."""
+
+    def __init__(
+        self, issuer: Issuer, client_id: str, required_claims: tuple[str, ...] = ID_TOKEN_CLAIMS
+    ) -> None:
         self.issuer = issuer
         base = issuer.policy
         self.policy = IssuerPolicy(
@@ -73,7 +81,7 @@ class IdTokenIssuer:
             audiences=frozenset({client_id}),
             algorithms=base.algorithms,
             leeway=base.leeway,
-            required_claims=("exp", "iat", "sub"),
+            required_claims=required_claims,
         )
 
     @property
@@ -82,6 +90,17 @@ class IdTokenIssuer:
 
     def identify(self, claims: Mapping[str, Any]) -> Identity:
         return self.issuer.mapping.identity(claims, self.issuer.url, "session")
+
+
+class LogoutTokenIssuer(IdTokenIssuer):
+    """The same, for logout tokens: they may name only a `sid`, and nobody is authenticated by one,
+    so the validator is given no identity to derive."""
+
+    def __init__(self, issuer: Issuer, client_id: str) -> None:
+        super().__init__(issuer, client_id, LOGOUT_TOKEN_CLAIMS)
+
+    def identify(self, claims: Mapping[str, Any]) -> Identity:
+        return ANONYMOUS
 
 
 async def refuse_unbounded(response: httpx.Response) -> None:
@@ -116,6 +135,7 @@ class LoginProvider:
         self.clock = clock
         self.client_secret = client_secret
         self.id_tokens = JWTValidator({issuer.url: IdTokenIssuer(issuer, client_id)}, cache_size=256)
+        self.logout_tokens = JWTValidator({issuer.url: LogoutTokenIssuer(issuer, client_id)}, cache_size=256)
         self.oauth: AsyncOAuth2Client | None = None  # built once the metadata names the auth method
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=3.0),
@@ -227,6 +247,12 @@ class LoginProvider:
             verified = await self.id_tokens.validate(id_token)
         except TokenRejected as exc:
             raise LoginFailed(f"id_token_{exc.reason}", exc.description) from None
+        return dict(verified.claims)
+
+    async def verified_logout_token(self, logout_token: str) -> dict[str, Any]:
+        """Signature, exact issuer, audience = our client id, expiry; TokenRejected else.
+        What makes it a logout token (and not an ID token) is checked by check_logout_token."""
+        verified = await self.logout_tokens.validate(logout_token)
         return dict(verified.claims)
 
     async def userinfo(self, access_token: str, subject: str) -> dict[str, Any] | None:

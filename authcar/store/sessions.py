@@ -5,9 +5,11 @@ every session of a user on every replica.
 Keys hold digests, never the session id or subject themselves: both come from outside (a cookie, a
 logout token) and a session id is a bearer secret. `session:<sha256(sid)>` is the record, its value
 `<sha256(sub)> <data>`; `sessions-of:<sha256(sub)>` is a member set of the subject's session
-digests. The index is written before the record, so a record is never missing from it; an index
-entry whose record is gone is harmless (ending it is a no-op) and expires with the session's
-`max_age`. Every call may raise StoreUnavailable: sessions fail closed.
+digests, and `sessions-of-sid:<sha256(provider sid)>` the same for the provider's session id (the ID
+token's `sid`, what a back-channel logout names). The indexes are written before the record, so a
+record is never missing from them; an index entry whose record is gone is harmless (ending it is a
+no-op) and expires with the session's `max_age`. Every call may raise StoreUnavailable: sessions
+fail closed.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ class SessionRecords:
         self.idle = idle
         self.max_age = max_age
 
-    async def create(self, sid: str, sub: str, data: bytes) -> None:
+    async def create(self, sid: str, sub: str, data: bytes, *, provider_sid: str | None = None) -> None:
         session, subject = digest(sid), digest(sub)
         await self.store.add_member(f"sessions-of:{subject}", session, self.max_age)
+        if provider_sid is not None:
+            await self.store.add_member(f"sessions-of-sid:{digest(provider_sid)}", session, self.max_age)
         value = subject.encode() + b" " + data
         await self.store.set_sliding(f"session:{session}", value, idle=self.idle, max_age=self.max_age)
 
@@ -46,13 +50,23 @@ class SessionRecords:
             await self.store.remove_member(f"sessions-of:{value.partition(b' ')[0].decode()}", session)
 
     async def end_subject(self, sub: str) -> int:
-        """End every session of `sub` (back-channel logout by subject); how many index entries."""
-        index = f"sessions-of:{digest(sub)}"
+        """End every session of `sub` (back-channel logout by subject); how many were live."""
+        return await self.end_indexed(f"sessions-of:{digest(sub)}")
+
+    async def end_provider_session(self, provider_sid: str) -> int:
+        """End every session made under the provider's session `provider_sid` (back-channel logout
+        by `sid`); how many were live."""
+        return await self.end_indexed(f"sessions-of-sid:{digest(provider_sid)}")
+
+    async def end_indexed(self, index: str) -> int:
         sessions = list((await self.store.members(index)).members)
+        live = 0
         for session in sessions:
+            if await self.store.get_sliding(f"session:{session}") is not None:
+                live += 1
             await self.store.delete_sliding(f"session:{session}")
             await self.store.remove_member(index, session)
-        return len(sessions)
+        return live
 
     async def replace(self, sid: str, sub: str, data: bytes, *, max_age: float) -> None:
         """New data for a live session (a refresh), ending `max_age` from now: the caller passes

@@ -40,6 +40,26 @@ async def test_back_channel_logout_ends_every_session_of_the_subject(shared_stor
     assert await logout.end_subject("alice") == 0
 
 
+async def test_back_channel_logout_by_provider_sid_ends_only_that_provider_session(
+    shared_store: StoreFactory,
+) -> None:
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    await sessions.create("laptop-1", "alice", b"l1", provider_sid="idp-laptop")
+    await sessions.create("laptop-2", "alice", b"l2", provider_sid="idp-laptop")  # signed in again
+    await sessions.create("phone", "alice", b"p", provider_sid="idp-phone")
+    await sessions.create("no-sid", "alice", b"n")
+    logout = SessionRecords(shared_store(), idle=60, max_age=600)  # on another replica
+    assert await logout.end_provider_session("idp-laptop") == 2
+    assert await sessions.load("laptop-1") is None
+    assert await sessions.load("laptop-2") is None
+    assert await sessions.load("phone") == b"p"
+    assert await sessions.load("no-sid") == b"n"
+    assert await logout.end_provider_session("idp-laptop") == 0
+    # Ended by id first: the sid index still names it, and ending it again counts nothing.
+    await sessions.end("phone")
+    assert await logout.end_provider_session("idp-phone") == 0
+
+
 async def test_an_unused_session_ends_after_its_idle_time(shared_store: StoreFactory) -> None:
     sessions = SessionRecords(shared_store(), idle=0.2, max_age=600)
     await sessions.create("sid", "alice", b"v")
