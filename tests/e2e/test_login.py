@@ -253,6 +253,40 @@ async def test_a_provider_error_renders_a_page_and_sets_no_session(idp: IdP, sid
     )
 
 
+def made_a_session(answer: httpx.Response) -> bool:
+    return any(
+        c.startswith("authcar=") and "Max-Age=0" not in c for c in answer.headers.get_list("set-cookie")
+    )
+
+
+@pytest.mark.parametrize("mode", ["huge", "nested", "garbage", "reset", "down"])
+async def test_a_token_endpoint_that_misbehaves_ends_the_login_with_a_page(
+    idp: IdP, sidecar: RunningSidecar, upstream: RunningUpstream, mode: str
+) -> None:
+    # 4 MiB answers, 50,000-deep JSON, bytes that are not JSON, a reset connection, a 503.
+    async with httpx.AsyncClient(timeout=30) as http:
+        start = await http.get(sidecar.url + "/oauth2/start?rd=/x")
+        provider = await http.get(start.headers["location"])
+        idp.set_mode(mode, ["token"])  # type: ignore[arg-type]
+        answer = await http.get(provider.headers["location"])
+    assert answer.status_code in (403, 502)
+    assert answer.headers["content-type"].startswith("text/html")
+    assert not made_a_session(answer)
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize("mode", ["huge", "garbage", "down"])
+async def test_a_userinfo_that_misbehaves_leaves_the_id_tokens_claims(
+    idp: IdP, sidecar: RunningSidecar, upstream: RunningUpstream, mode: str
+) -> None:
+    idp.set_mode(mode, ["userinfo"])  # type: ignore[arg-type]
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await sign_in(http, sidecar, "/x")
+    assert answer.status_code == 200
+    [seen] = upstream.seen
+    assert seen.header("x-auth-request-user") == "alice"
+
+
 async def test_pass_access_token_gives_the_app_the_session_token(idp: IdP, upstream: RunningUpstream) -> None:
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port, pass_access_token=True)) as running:

@@ -1,7 +1,8 @@
 """Browser login across two sidecar processes sharing one Redis, as replicas behind a Service: a
 sign-in begun on one finishes on the other, the session made there is read by both, sign-out or a
 back-channel logout received by either ends it on both (and a logout token replayed to the other is
-refused), and a due refresh happens once for requests spread over both."""
+refused), and a due refresh happens once for requests spread over both. With Redis gone, sessions
+fail closed: 503, nothing forwarded, sign-out refuses to pretend."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_login import PAGE, SECRET
+from tests.e2e.test_login import PAGE, SECRET, login_settings, sign_in, wait_for_login
 from tests.idp import IdP, run_idp
 from tests.support.process import SidecarProcess, start_sidecar_process
-from tests.support.redis_servers import Standalone
+from tests.support.redis_servers import Standalone, standalone
+from tests.support.sidecar import start_sidecar
 from tests.support.upstream_app import RunningUpstream
 
 API = {"Accept": "application/json"}
@@ -155,3 +157,25 @@ async def test_a_due_refresh_happens_once_for_requests_on_both_replicas(
         answers = await asyncio.gather(*(status(http, replica) for replica in (one, two) * 6))
         assert answers == [200] * 12
         assert sum(idp.refreshes.values()) == 1
+
+
+async def test_sessions_fail_closed_while_redis_is_down(
+    tmp_path: Path, idp: IdP, upstream: RunningUpstream
+) -> None:
+    with standalone(tmp_path) as redis:
+        settings = login_settings(idp, free_port(), redis_url=redis.url)
+        async with start_sidecar(upstream.url, **settings) as sidecar:
+            await wait_for_login(sidecar)
+            async with httpx.AsyncClient(timeout=10) as http:
+                assert (await sign_in(http, sidecar, "/")).status_code == 200
+                upstream.seen.clear()
+                redis.server.kill()
+                for headers in (API, PAGE):
+                    answer = await http.get(sidecar.url + "/books", headers=headers)
+                    assert answer.status_code == 503
+                    assert answer.json()["error"] == "session_store_unavailable"
+                    assert answer.headers["retry-after"] == "1"
+                signed_out = await http.get(sidecar.url + "/oauth2/sign_out")
+                assert signed_out.status_code == 503
+                assert "set-cookie" not in signed_out.headers  # the browser keeps its cookie: not signed out
+    assert upstream.seen == []
