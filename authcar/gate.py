@@ -130,6 +130,10 @@ class LoginHooks(Protocol):
 
     def challenge(self, scope: Scope, error: GatewayError) -> GatewayError: ...
 
+    def forward_auth_challenge(
+        self, decided: Scope, described_url: str, error: GatewayError
+    ) -> GatewayError: ...
+
     def session_headers(self, scope: Scope) -> Headers: ...
 
     def without_own_cookies(self, headers: Headers) -> Headers: ...
@@ -322,9 +326,15 @@ class Gate:
                 outcome.reason = outcome.reason or error.code
             elif isinstance(error, RateLimited):
                 outcome.decision = "rate_limited"
-            if self.login is not None and not outcome.forward_auth and not websocket:
-                # A person's page load is sent to sign in instead of getting the 401.
-                error = self.login.challenge(scope, error)
+            if self.login is not None and not websocket:
+                if outcome.described is not None:
+                    # The gateway keeps its 401 and learns where to send a person to sign in.
+                    error = self.login.forward_auth_challenge(
+                        outcome.described.scope(scope), outcome.described.url, error
+                    )
+                elif not outcome.forward_auth:
+                    # A person's page load is sent to sign in instead of getting the 401.
+                    error = self.login.challenge(scope, error)
                 exchange.status = 499 if exchange.client_gone else error.status
             await self.reject(scope, send, error, outcome, websocket)
         except Exception:

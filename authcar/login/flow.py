@@ -67,6 +67,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 SESSION_TOKEN_SLOT = "authcar.session_access_token"  # noqa: S105 (a scope key, not a secret); scope key: the session's token, for the app
 ACCESS_TOKEN_HEADER = b"x-auth-request-access-token"
 SIGN_IN_CODES = frozenset({"no_credentials", "session_ended"})
+SIGN_IN_HEADER = b"x-auth-request-sign-in"  # forward-auth: where the gateway sends the browser
 
 
 class SignInRedirect(GatewayError):
@@ -82,6 +83,19 @@ class SignInRedirect(GatewayError):
 
     def extra_headers(self) -> Headers:
         return [(b"location", self.location.encode("ascii")), (b"cache-control", b"no-store")]
+
+
+class SignInElsewhere(Unauthorized):
+    """A forward-auth request about a person's page load without a session: the gateway gets the
+    401 (it reads only the status) with the sign-in URL to redirect the browser to (nginx:
+    `auth_request_set` + `error_page 401`)."""
+
+    def __init__(self, error: Unauthorized, location: str) -> None:
+        super().__init__(error.description, code=error.code, token_error=error.token_error)
+        self.location = location
+
+    def extra_headers(self) -> Headers:
+        return [*super().extra_headers(), (SIGN_IN_HEADER, self.location.encode("ascii"))]
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,19 @@ class BrowserLogin:
             return error
         target = return_to(scope.get("raw_path") or b"/", scope.get("query_string", b""))
         return SignInRedirect(f"{self.start_path}?{urlencode({'rd': target})}")
+
+    def forward_auth_challenge(self, decided: Scope, described_url: str, error: GatewayError) -> GatewayError:
+        """The same for a gateway's forward-auth request (`decided` is the request it describes, with
+        the client's own headers): the 401 stays, with the sign-in URL beside it. The return-to is the
+        described URL when the redirect policy allows its host, else its path."""
+        if not isinstance(error, Unauthorized) or error.code not in SIGN_IN_CODES:
+            return error
+        if not is_page_load(decided.get("method", "GET"), decided["headers"]):
+            return error
+        target = return_to(decided.get("raw_path") or b"/", decided.get("query_string", b""))
+        if described_url != target and self.redirects.allows(described_url):
+            target = described_url
+        return SignInElsewhere(error, f"{self.start_path}?{urlencode({'rd': target})}")
 
     # -- endpoints --------------------------------------------------------------------------------
 
