@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
@@ -17,7 +17,6 @@ from authcar.config import Settings
 from authcar.gate import Gate, GateOptions
 from authcar.headers import HeaderRules
 from authcar.identity_headers import IdentityHeaders
-from authcar.login.setup import build_login
 from authcar.observe import AccessLog, Metrics
 from authcar.policy.reload import PolicySource
 from authcar.rate_limit import RateLimiter
@@ -28,6 +27,9 @@ from authcar.store import Store
 from authcar.store.setup import store_from_settings, store_readiness
 from authcar.tls import CertificateStore
 from authcar.upstream import Upstream
+
+if TYPE_CHECKING:
+    from authcar.login.flow import BrowserLogin
 
 log = logging.getLogger("authcar")
 
@@ -82,7 +84,12 @@ class Sidecar:
         self.store: Store = store_from_settings(settings, on_call=self.time_store_call)
         self.authentication = Authentication(settings, self.idp_http, self.store, self.metrics)
         # Browser login (AUTHCAR_LOGIN): its endpoints, and the sessions the authentication reads.
-        self.login = build_login(settings, self.authentication, self.store)
+        self.login: BrowserLogin | None = None
+        if settings.login:
+            # Imported here: authlib costs a worker ~3 MiB, which one without login need not pay.
+            from authcar.login.setup import build_login
+
+            self.login = build_login(settings, self.authentication, self.store)
         self.revocations = RevocationList(
             self.store, fail_open=settings.revocation_fail_open, metrics=self.metrics
         )

@@ -79,3 +79,18 @@ def test_the_check_sees_a_cycle(tmp_path: Path) -> None:
     )
     failures = json.loads(result.stdout.strip().splitlines()[-1])
     assert "partially initialized" in failures["cyclic.a"]
+
+
+def test_redis_and_authlib_load_only_when_configured() -> None:
+    # Each costs a worker megabytes of memory (redis-py ~8 MiB, authlib ~3 MiB): a sidecar without
+    # AUTHCAR_REDIS_URL or AUTHCAR_LOGIN builds everything without importing them.
+    script = (
+        "import sys; from authcar.app import Sidecar; from authcar.config import load_settings;"
+        "s = load_settings({'allow_anonymous': True}, environ={}).settings; Sidecar(s);"
+        "print(sorted(m for m in ('redis', 'authlib') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -8,12 +8,14 @@ a failed policy reload green (decision 12).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authcar.config import Settings
 from authcar.store.base import Store, StoreUnavailable
 from authcar.store.memory import MemoryStore
-from authcar.store.redis import OnCall, RedisOptions, RedisStore
+
+if TYPE_CHECKING:
+    from authcar.store.redis import OnCall
 
 
 def store_from_settings(settings: Settings, on_call: OnCall | None = None) -> Store:
@@ -21,6 +23,9 @@ def store_from_settings(settings: Settings, on_call: OnCall | None = None) -> St
     `on_call` hears of every Redis call (the memory store's calls take microseconds: not timed)."""
     if settings.redis_url is None:
         return MemoryStore()
+    # Imported here: redis-py costs a worker ~8 MiB of memory, which one without Redis need not pay.
+    from authcar.store.redis import RedisOptions, RedisStore
+
     options = RedisOptions(
         settings.redis_url,
         password=settings.redis_password,
@@ -33,7 +38,8 @@ def store_from_settings(settings: Settings, on_call: OnCall | None = None) -> St
 
 async def store_readiness(store: Store) -> dict[str, Any]:
     """The `store` entry of /readyz: which backend, and whether it answers right now."""
-    where = str(store.target) if isinstance(store, RedisStore) else "this process's memory"
+    target = getattr(store, "target", None)  # a RedisStore's host(s), for the operator
+    where = "this process's memory" if target is None else str(target)
     try:
         await store.ping()
     except StoreUnavailable as error:
