@@ -47,6 +47,7 @@ POLICIES = REPO / "policies"
 KUSTOMIZATIONS = {
     "base": DEPLOY / "base",
     "example": DEPLOY / "overlays" / "example",
+    "redis": DEPLOY / "overlays" / "redis",
 }
 POLICY_FILES = ("model.conf", "policy.csv")
 REFRESH_POLICIES = "cp policies/model.conf policies/policy.csv deploy/base/policies/"
@@ -56,7 +57,9 @@ APP = "book-service"
 SIDECAR = "authcar"
 PUBLIC_PORT, ADMIN_PORT = 4180, 9901
 # Secrets the manifests mount but do not create: the operator (or cert-manager) makes them.
-EXTERNAL_SECRETS = frozenset({"authcar-oidc-client", "book-service-tls"})
+EXTERNAL_SECRETS = frozenset(
+    {"authcar-oidc-client", "book-service-tls", "authcar-redis", "authcar-admin-token"}
+)
 # Peak RSS with the verified-token cache full, from deploy/measure_resources.py (MiB).
 MEASURED_PEAK_RSS_MIB = 110
 
@@ -765,6 +768,102 @@ def test_authcar_variables_are_real_settings(rendered: Rendered, name: str) -> N
     assert not unknown, f"authcar would ignore {sorted(unknown)}"
 
 
+def secret_settings() -> set[str]:
+    from authcar.config import Settings, env_name
+
+    return {env_name(f.name) for f in fields(Settings) if f.metadata.get("secret")}
+
+
+def secret_violations(pod: Resource, docs: list[Resource]) -> list[str]:
+    """Ways the sidecar's pod spec could put a secret in plain sight: a secret setting as an env
+    literal, a password in AUTHCAR_REDIS_URL, or a *_FILE that is not on a mounted Secret."""
+    from authcar.redis_url import parse_redis_url
+
+    sidecar = container(pod, SIDECAR)
+    env = full_env(sidecar, docs)
+    found = [f"{name} is an env literal: use {name}_FILE" for name in sorted(secret_settings() & set(env))]
+    if "AUTHCAR_REDIS_URL" in env and parse_redis_url(env["AUTHCAR_REDIS_URL"]).password is not None:
+        found.append("AUTHCAR_REDIS_URL holds a password: use AUTHCAR_REDIS_PASSWORD_FILE")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name in sorted(secret_settings()):
+        path = env.get(name + "_FILE")
+        if path is None:
+            continue
+        mount = next(
+            (m for m in sidecar.get("volumeMounts", []) if Path(path).is_relative_to(m["mountPath"])), None
+        )
+        if mount is None or "secret" not in volumes[mount["name"]]:
+            found.append(f"{name}_FILE={path} is not on a mounted Secret")
+    return found
+
+
+@pytest.mark.parametrize("name", params())
+def test_secrets_reach_authcar_as_files_from_secrets(rendered: Rendered, name: str) -> None:
+    docs = rendered[name]
+    assert secret_violations(pod_spec(app_deployment(docs)), docs) == []
+
+
+def swap_for_empty_dir(pod: Resource, volume: str) -> None:
+    """The volume an emptyDir: a file anything in the pod could have written, not the Secret."""
+    found = next(v for v in pod["volumes"] if v["name"] == volume)
+    found.pop("secret")
+    found["emptyDir"] = {}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: container(p, SIDECAR)["env"].append({"name": "AUTHCAR_REDIS_PASSWORD", "value": "x"}),
+        lambda p: next(e for e in container(p, SIDECAR)["env"] if e["name"] == "AUTHCAR_REDIS_URL").update(
+            value="rediss://authcar:hunter2@redis.redis.svc.cluster.local:6379/0"
+        ),
+        lambda p: swap_for_empty_dir(p, "admin-token"),
+        lambda p: container(p, SIDECAR)["env"].append(
+            {"name": "AUTHCAR_COOKIE_SECRET_FILE", "value": "/etc/cookie/secret"}
+        ),
+    ],
+)
+def test_secret_check_catches_secrets_in_plain_sight(
+    rendered: Rendered, mutate: Callable[[Resource], None]
+) -> None:
+    docs = rendered["redis"]
+    pod = copy.deepcopy(pod_spec(app_deployment(docs)))
+    mutate(pod)
+    assert secret_violations(pod, docs)
+
+
+def test_redis_overlay_shares_one_store_between_many_replicas(rendered: Rendered) -> None:
+    from authcar.rate_spec import rate_spec
+    from authcar.redis_url import parse_redis_url
+
+    docs = rendered["redis"]
+    deployment = app_deployment(docs)
+    pod = pod_spec(deployment)
+    env = full_env(container(pod, SIDECAR), docs)
+    target = parse_redis_url(env["AUTHCAR_REDIS_URL"])
+    # A CA file is for TLS, which only rediss:// speaks; the password comes from the Secret.
+    assert target.tls == ("AUTHCAR_REDIS_CA_FILE" in env)
+    assert target.password is None
+    assert "AUTHCAR_REDIS_PASSWORD_FILE" in env
+    assert "AUTHCAR_ADMIN_TOKEN_FILE" in env
+    spec = rate_spec(env["AUTHCAR_RATE_LIMIT"], int(env["AUTHCAR_RATE_LIMIT_BURST"]))
+    assert spec.burst >= spec.count
+    # Fail closed on revocations unless someone chose otherwise, visibly.
+    assert env["AUTHCAR_REVOCATION_FAIL_OPEN"] == "false"
+    # Many replicas, one store: the autoscaler keeps several, and a drain leaves more than one.
+    autoscaler = named(docs, "HorizontalPodAutoscaler", APP)
+    budget = named(docs, "PodDisruptionBudget", APP)
+    assert "replicas" not in deployment["spec"]
+    assert autoscaler["spec"]["minReplicas"] >= 3
+    assert autoscaler["spec"]["minReplicas"] - budget["spec"]["maxUnavailable"] > 1
+    assert autoscaler["spec"]["maxReplicas"] > autoscaler["spec"]["minReplicas"]
+    # The other kustomizations keep each pod's state in memory: this overlay is where Redis comes in.
+    for other in ("base", "example"):
+        assert "AUTHCAR_REDIS_URL" not in full_env(
+            container(pod_spec(app_deployment(rendered[other])), SIDECAR), rendered[other]
+        )
+
+
 def lay_out_volumes(pod: Resource, c: Resource, docs: list[Resource], root: Path) -> dict[str, Path]:
     """Each of the container's mounts as kubelet writes it (`..data` links), under root; returns
     mountPath -> directory. Secrets get made-up content of the right kind."""
@@ -779,6 +878,9 @@ def lay_out_volumes(pod: Resource, c: Resource, docs: list[Resource], root: Path
             "ca.crt": authority.cert_pem,
         },
         "authcar-oidc-client": {"client-secret": b"not-a-real-secret\n"},
+        "authcar-redis": {"password": b"not-a-real-password\n", "ca.crt": authority.cert_pem},
+        # check-config holds an admin token to at least 32 characters.
+        "authcar-admin-token": {"token": b"not-a-real-admin-token-0123456789abcdef\n"},
     }
     volumes = {v["name"]: v for v in pod["volumes"]}
     placed = {}
