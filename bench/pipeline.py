@@ -4,10 +4,16 @@ A repeated RS256 bearer token (keys from the provider's discovery document), a C
 1,000 rules (10,000 for the large-policy row) that the caller's role reaches last, the identity
 headers and the signed assertion (authcar's defaults: on), and the JSON access log at info (written
 to /dev/null by the harness, so formatting and writing are measured, not the disk).
+
+With the shared-state checks on top (`limits_env`): a rate limit no request of the run reaches (one
+GCRA step in the store per request, never a 429) and a revocation list of REVOKED_ENTRIES entries
+that the caller's token is not on (the admin API writes them before the load; every request is
+looked up in the worker's copy, which polls the store four times a second).
 """
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 CALLER_ROLE = "reader"  # what tests/idp puts in realm_access.roles by default
@@ -51,3 +57,14 @@ def full_pipeline_env(policy_dir: Path, *, workers: int, redis_url: str | None) 
     if redis_url is not None:
         env["AUTHCAR_REDIS_URL"] = redis_url
     return env
+
+
+# Far above what one sidecar serves here, so no request is refused: each still costs its GCRA step.
+UNREACHED_RATE_LIMIT = "1000000/s"
+REVOKED_ENTRIES = 100
+
+
+def limits_env() -> tuple[dict[str, str], str]:
+    """The settings that turn rate limiting and the admin API on, and the admin token."""
+    token = secrets.token_urlsafe(32)
+    return {"AUTHCAR_RATE_LIMIT": UNREACHED_RATE_LIMIT, "AUTHCAR_ADMIN_TOKEN": token}, token

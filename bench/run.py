@@ -75,6 +75,16 @@ PROXY_CPU, LOAD_CPU = 1, 0  # --pin: the measured proxy alone on CPU 1, everythi
 TOKEN_LIFETIME_S = 6 * 3600  # outlives any run: the cached token must not expire mid-run
 AUDIENCE = "api"  # what tests/idp puts in `aud` by default
 TOKEN_METRIC = re.compile(rb'^authcar_token_validations_total\{result="([^"]+)"\} ([0-9.e+]+)$', re.M)
+STORE_METRIC = re.compile(
+    rb'^authcar_store_seconds_count\{operation="([^"]+)",result="([^"]+)"\} ([0-9.e+]+)$', re.M
+)
+# The shared-state rows against their baselines, each (row, baseline, what the difference is).
+SHARED_STATE_PAIRS = (
+    ("authcar-full-limits", "authcar-full", "rate limit + revocation check, in-memory store"),
+    ("authcar-full-limits-redis", "authcar-full", "rate limit + revocation check, Redis"),
+    ("authcar-full-limits-redis", "authcar-full-limits", "the same checks: Redis instead of memory"),
+    ("authcar-full-redis", "authcar-full", "Redis configured, no per-request check"),
+)
 
 
 @dataclass
@@ -133,6 +143,7 @@ class Target:
     script_args: tuple[str, ...] = ()
     metrics_url: str | None = None  # authcar's admin /metrics: token validation counters
     verifies_tokens: bool = False  # must refuse a forged and a missing token before it is measured
+    store_proc: subprocess.Popen[bytes] | None = None  # a redis-server of its own: its CPU is measured too
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,20 @@ class Measurement:
     profile: str | None = None
     rss_mib: dict[int, float] | None = None  # each process of the group, right after the run
     load_detail: dict[str, Any] | None = None  # the open-loop generator's own report (rate-* rows)
+    store_cpu_s: float | None = None  # the scenario's redis-server, user+system CPU during the run
+    store_calls: dict[str, int] | None = None  # authcar_store_seconds_count increments, "<op> <result>"
+
+    @property
+    def store_cpu_us_per_request(self) -> float | None:
+        if self.store_cpu_s is None or self.wrk.requests <= 0:
+            return None
+        return self.store_cpu_s * 1e6 / self.wrk.requests
+
+    @property
+    def store_calls_per_request(self) -> float | None:
+        if self.store_calls is None or self.wrk.requests <= 0:
+            return None
+        return sum(n for key, n in self.store_calls.items() if key.endswith(" ok")) / self.wrk.requests
 
     @property
     def rss_worker_mib(self) -> float | None:
@@ -185,6 +210,10 @@ class Measurement:
             "rss_mib_by_pid": self.rss_mib,
             "rss_worker_mib": self.rss_worker_mib,
             "load_detail": self.load_detail,
+            "store_cpu_s": self.store_cpu_s,
+            "store_cpu_us_per_request": self.store_cpu_us_per_request,
+            "store_calls": self.store_calls,
+            "store_calls_per_request": self.store_calls_per_request,
         }
 
 
@@ -228,6 +257,16 @@ class Row:
     @property
     def cpu_us_per_request(self) -> float | None:
         values = [v for m in self.runs if (v := m.cpu_us_per_request) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def store_cpu_us_per_request(self) -> float | None:
+        values = [v for m in self.runs if (v := m.store_cpu_us_per_request) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def store_calls_per_request(self) -> float | None:
+        values = [v for m in self.runs if (v := m.store_calls_per_request) is not None]
         return statistics.median(values) if values else None
 
     @property
@@ -322,11 +361,13 @@ def start_authcar(
     rules: int | None = None,
     workers: int = 1,
     redis: bool = False,
+    limits: bool = False,
 ) -> Target:
     """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen.
 
     With `rules`, the full pipeline (bench/pipeline.py): a policy of that many rules, identity
-    headers, the signed assertion and the JSON access log; `workers` and a Redis store on top.
+    headers, the signed assertion and the JSON access log; `workers` and a Redis store on top, and
+    with `limits` a rate limit and a revocation list (bench/pipeline.py's `limits_env`).
     """
     check_authcar_importable()
     port, admin_port = free_port(), free_port()
@@ -336,11 +377,17 @@ def start_authcar(
         assert kit is not None, "token scenarios need the run's TokenKit"
         issuer = kit.issuer if mode in ("jwt", "first-seen") else None
     env = authcar_env(port, admin_port, ctx.upstream_url, logged=logged, issuer=issuer)
+    store_proc = admin_token = None
     if rules is not None:
-        from pipeline import full_pipeline_env, write_policy_dir
+        from pipeline import full_pipeline_env, limits_env, write_policy_dir
 
-        redis_url = start_redis(ctx) if redis else None
+        redis_url = None
+        if redis:
+            redis_url, store_proc = start_redis(ctx)
         env.update(full_pipeline_env(write_policy_dir(ctx.tmp, rules), workers=workers, redis_url=redis_url))
+        if limits:
+            extra, admin_token = limits_env()
+            env.update(extra)
         logged = True  # the access log goes to /dev/null below
     # Logged: the per-request JSON access log is written (cost measured) but discarded.
     log = None if logged else ctx.tmp / f"authcar-{mode}.log"
@@ -350,8 +397,14 @@ def start_authcar(
     ready = "/readyz" if issuer else "/healthz"
     wait_http_ok(admin + ready, proc, timeout=30, what="authcar", log=log)
     target = Target(
-        f"http://127.0.0.1:{port}/", proc, metrics_url=admin + "/metrics", verifies_tokens=issuer is not None
+        f"http://127.0.0.1:{port}/",
+        proc,
+        metrics_url=admin + "/metrics",
+        verifies_tokens=issuer is not None,
+        store_proc=store_proc,
     )
+    if admin_token is not None:
+        revoke_others(admin, admin_token)
     if mode == "pad":
         assert kit is not None
         target.headers = (kit.pad_header,)
@@ -370,8 +423,20 @@ def start_authcar(
     return target
 
 
-def start_redis(ctx: Context) -> str:
-    """A private redis-server (no persistence) for the shared-state row; its URL."""
+def revoke_others(admin: str, token: str) -> None:
+    """Fill the revocation list through the admin API with jti's no token of the run carries."""
+    from pipeline import REVOKED_ENTRIES
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for i in range(REVOKED_ENTRIES):
+        body = json.dumps({"jti": f"bench-revoked-{i:04d}", "expires_in": 3600}).encode()
+        status, answer = http_get(admin + "/api/v1/revocations", timeout=10, headers=headers, data=body)
+        if status != 201:
+            raise BenchError(f"the admin API answered {status} to a revocation: {answer[:200]!r}")
+
+
+def start_redis(ctx: Context) -> tuple[str, subprocess.Popen[bytes]]:
+    """A private redis-server (no persistence) for the shared-state rows; its URL and process."""
     binary, note = baselines.find_or_install(baselines.REDIS, install=ctx.install)
     if binary is None:
         raise BenchError(note)
@@ -382,7 +447,7 @@ def start_redis(ctx: Context) -> str:
     argv += ["--dir", str(directory)]
     proc = ctx.children.spawn(argv, log=directory / "redis.log")
     wait_tcp(port, proc, what="redis-server", log=directory / "redis.log")
-    return f"redis://127.0.0.1:{port}/0"
+    return f"redis://127.0.0.1:{port}/0", proc
 
 
 def start_gateway(ctx: Context, tool: baselines.Tool) -> Target:
@@ -457,9 +522,24 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "authcar-full-redis",
-        "full pipeline, 1 worker, AUTHCAR_REDIS_URL set (private redis-server); revocation and rate"
-        " limiting, the per-request shared state, arrive with issue 12",
+        "full pipeline, 1 worker, AUTHCAR_REDIS_URL set (private redis-server): the revocation list"
+        " polled from it, no rate limit; a JWT request makes no store call",
         lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, redis=True),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-limits",
+        "full pipeline, 1 worker, in-memory store: a rate limit no request reaches (one GCRA step"
+        " each) and 100 revocations the token is not on",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, limits=True),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-limits-redis",
+        "the same checks with the store in a private redis-server: one Redis call (EVALSHA) per request",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, redis=True, limits=True),
         needs_tokens=True,
         python=True,
     ),
@@ -579,6 +659,22 @@ def token_counts(metrics_url: str | None) -> dict[str, int] | None:
     if status != 200:
         return None
     return {m.group(1).decode(): int(float(m.group(2))) for m in TOKEN_METRIC.finditer(body)}
+
+
+def store_call_counts(metrics_url: str | None) -> dict[str, int] | None:
+    """authcar_store_seconds_count as "<operation> <result>" -> calls (None if unavailable)."""
+    if metrics_url is None:
+        return None
+    try:
+        status, body = http_get(metrics_url, timeout=5)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    return {
+        f"{m.group(1).decode()} {m.group(2).decode()}": int(float(m.group(3)))
+        for m in STORE_METRIC.finditer(body)
+    }
 
 
 def count_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
@@ -793,19 +889,24 @@ def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int
             run_wrk(ctx.children, url, duration=args.warmup, **load)
         pgid = target.proc.pid if target.proc is not None else None
         tokens_before = token_counts(target.metrics_url)
+        store_before = store_call_counts(target.metrics_url) if target.store_proc is not None else None
         profiler = profile_path = None
         if args.profile and scenario.python:
             profile_path = args.profile / f"{scenario.name}-{workload}-run{rep}.txt"
             profiler = start_profiler(ctx, target, profile_path, args.duration)
         detail: dict[str, Any] | None = None
         cpu_before = group_cpu_seconds(pgid) if pgid is not None else None
+        store_pgid = target.store_proc.pid if target.store_proc is not None else None
+        store_cpu_before = group_cpu_seconds(store_pgid) if store_pgid is not None else None
         if workload.startswith("rate-"):
             result, detail = run_open_loop(ctx, target, int(workload.removeprefix("rate-")), args.duration)
         else:
             result = run_wrk(ctx.children, url, duration=args.duration, **load)
         cpu_after = group_cpu_seconds(pgid) if pgid is not None else None
+        store_cpu_after = group_cpu_seconds(store_pgid) if store_pgid is not None else None
         rss = group_rss_mib(pgid) if pgid is not None else None
         tokens_after = token_counts(target.metrics_url)
+        store_after = store_call_counts(target.metrics_url) if target.store_proc is not None else None
         if idle is not None:
             detail = {"idle_connections": IDLE_CONNECTIONS, "idle_still_open_after": idle.still_open()}
     finally:
@@ -817,6 +918,9 @@ def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int
         except subprocess.TimeoutExpired:
             log(f"{scenario.name}: py-spy did not finish; profile may be incomplete")
     cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    store_cpu = None
+    if store_cpu_before is not None and store_cpu_after is not None:
+        store_cpu = store_cpu_after - store_cpu_before
     return Measurement(
         result,
         cpu,
@@ -824,6 +928,8 @@ def measure(scenario: Scenario, ctx: Context, args: argparse.Namespace, rep: int
         str(profile_path) if profile_path and profile_path.exists() else None,
         rss_mib=rss,
         load_detail=detail,
+        store_cpu_s=store_cpu,
+        store_calls=count_delta(store_before, store_after) if store_before is not None else None,
     )
 
 
@@ -958,6 +1064,63 @@ def auth_summary(rows: list[Row], kit: TokenKit | None, costs: dict[str, float] 
     return summary
 
 
+def shared_state_summary(rows: list[Row]) -> dict[str, Any]:
+    """What the shared-state checks cost the sidecar, paired per repetition against their baseline,
+    and what each request costs Redis (its own CPU, and the calls authcar counted)."""
+    by_name = {r.scenario: r for r in rows if r.runs and r.workload == "saturation"}
+    rps = lambda m: m.wrk.requests_per_s  # noqa: E731
+    cpu = lambda m: m.cpu_us_per_request  # noqa: E731
+    pairs = []
+    for name, base_name, what in SHARED_STATE_PAIRS:
+        row, base = by_name.get(name), by_name.get(base_name)
+        if row is None or base is None:
+            continue
+        rps_ratios, cpu_ratios = paired(row, base, rps), paired(row, base, cpu)
+        pairs.append(
+            {
+                "scenario": name,
+                "baseline": base_name,
+                "what": what,
+                "rps_ratio_median": statistics.median(rps_ratios) if rps_ratios else None,
+                "rps_ratios": rps_ratios,
+                "cpu_ratio_median": statistics.median(cpu_ratios) if cpu_ratios else None,
+                "cpu_ratios": cpu_ratios,
+                "cpu_us_per_request": {base_name: base.cpu_us_per_request, name: row.cpu_us_per_request},
+            }
+        )
+    redis = {
+        r.scenario: {
+            "redis_cpu_us_per_request": r.store_cpu_us_per_request,
+            "store_calls_per_request": r.store_calls_per_request,
+        }
+        for r in by_name.values()
+        if r.store_cpu_us_per_request is not None
+    }
+    return {"pairs": pairs, "redis": redis} if pairs or redis else {}
+
+
+def format_shared_state_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    for pair in summary.get("pairs", []):
+        name, base = pair["scenario"], pair["baseline"]
+        line = f"{name} / {base} ({pair['what']}):"
+        if pair["cpu_ratio_median"] is not None:
+            cpus = pair["cpu_us_per_request"]
+            line += (
+                f" sidecar CPU/request {pair['cpu_ratio_median']:.3f}x ({_list(pair['cpu_ratios'])}),"
+                f" {cpus[base]:.1f} -> {cpus[name]:.1f} µs"
+            )
+        if pair["rps_ratio_median"] is not None:
+            line += f"; req/s {pair['rps_ratio_median']:.3f}x ({_list(pair['rps_ratios'])})"
+        lines.append(line)
+    for name, figures in summary.get("redis", {}).items():
+        line = f"{name}: redis-server CPU {figures['redis_cpu_us_per_request']:.1f} µs/request"
+        if (calls := figures["store_calls_per_request"]) is not None:
+            line += f", {calls:.2f} store calls/request (authcar_store_seconds_count)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def format_auth_summary(summary: dict[str, Any]) -> str:
     lines = []
     costs = summary.get("token_costs_us")
@@ -1053,6 +1216,8 @@ def format_table(rows: list[Row], repeat: int = 1) -> str:
             notes.append(f"{len(row.errors)} of {len(row.errors) + len(row.runs)} runs failed")
         if (share := row.cache_hit_share) is not None:
             notes.append(f"token cache hits {share:.1%}")
+        if (store_cpu := row.store_cpu_us_per_request) is not None:
+            notes.append(f"redis-server CPU {store_cpu:.1f} µs/req")
         notes.extend(_load_notes(row))
         all_rps = [m.wrk.requests_per_s for m in row.runs]
         cpu = row.cpu_us_per_request
@@ -1212,6 +1377,7 @@ def write_json(
     upstream: str,
     machine: dict[str, Any],
     auth: dict[str, Any] | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> None:
     data = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1241,6 +1407,8 @@ def write_json(
                 "description": r.description,
                 **(res.to_dict() if (res := r.result) else {}),
                 "cpu_us_per_request": r.cpu_us_per_request,
+                "store_cpu_us_per_request": r.store_cpu_us_per_request,
+                "store_calls_per_request": r.store_calls_per_request,
                 "workload": r.workload,
                 "rss_worker_mib": r.rss_worker_mib,
                 "ratios": r.ratios,
@@ -1253,6 +1421,7 @@ def write_json(
             for r in rows
         ],
         "auth": auth or {},
+        "shared_state": shared or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -1394,6 +1563,7 @@ def run(args: argparse.Namespace) -> int:
         rmtree(tmp, ignore_errors=True)
     add_ratios(rows)
     auth = auth_summary(rows, kit, costs)
+    shared = shared_state_summary(rows)
     changed = source_fingerprint() != machine["authcar_tree_sha256"]
     machine["authcar_tree_changed_during_run"] = changed
     print(
@@ -1405,6 +1575,9 @@ def run(args: argparse.Namespace) -> int:
     text = format_auth_summary(auth)
     if text:
         print("\n" + text)
+    text = format_shared_state_summary(shared)
+    if text:
+        print("\n" + text)
     if args.profile:
         print(f"\npy-spy profiles in {args.profile} (figures above include py-spy's own load)")
     if busy is not None and busy > BUSY_WARN_PCT:
@@ -1412,7 +1585,7 @@ def run(args: argparse.Namespace) -> int:
     if changed:
         print("WARNING: authcar/*.py changed during the run: the repetitions measured different code")
     if args.json:
-        write_json(args.json, rows, args, upstream_desc, machine, auth)
+        write_json(args.json, rows, args, upstream_desc, machine, auth, shared)
         log(f"wrote {args.json}")
     failed = any(r.errors and not r.errors[0].startswith("skipped") for r in rows)
     non_2xx = any(m.wrk.non_2xx for r in rows for m in r.runs)
