@@ -11,6 +11,8 @@
   policy ConfigMap holds exactly the files in policies/, the shutdown fits the grace period.
 - authcar accepts the configuration the pod gives it: `authcar check-config` runs with the pod's
   environment and its volumes laid out as kubelet mounts them; the book service parses its own.
+  The Redis overlay's settings reach a real redis-server over TLS as the ACL user docs/security.md
+  recommends, and secrets reach authcar only as files from mounted Secrets.
 - Every Dockerfile in the repository lints clean with hadolint; the image's builder stage copies
   enough to build the wheel.
 
@@ -864,9 +866,15 @@ def test_redis_overlay_shares_one_store_between_many_replicas(rendered: Rendered
         )
 
 
-def lay_out_volumes(pod: Resource, c: Resource, docs: list[Resource], root: Path) -> dict[str, Path]:
+def lay_out_volumes(
+    pod: Resource,
+    c: Resource,
+    docs: list[Resource],
+    root: Path,
+    secrets: dict[str, dict[str, bytes]] | None = None,
+) -> dict[str, Path]:
     """Each of the container's mounts as kubelet writes it (`..data` links), under root; returns
-    mountPath -> directory. Secrets get made-up content of the right kind."""
+    mountPath -> directory. Secrets get made-up content of the right kind, or what `secrets` gives."""
     from tests.support.tls_material import CertAuthority, SecretVolume
 
     authority = CertAuthority("deploy-test-ca")
@@ -881,7 +889,7 @@ def lay_out_volumes(pod: Resource, c: Resource, docs: list[Resource], root: Path
         "authcar-redis": {"password": b"not-a-real-password\n", "ca.crt": authority.cert_pem},
         # check-config holds an admin token to at least 32 characters.
         "authcar-admin-token": {"token": b"not-a-real-admin-token-0123456789abcdef\n"},
-    }
+    } | (secrets or {})
     volumes = {v["name"]: v for v in pod["volumes"]}
     placed = {}
     for mount in c.get("volumeMounts", []):
@@ -937,6 +945,83 @@ def test_authcar_accepts_the_pod_configuration(rendered: Rendered, name: str, tm
     assert proc.returncode == 0, proc.stderr
     # No warning either: no unknown variable, no public path the policy refuses, no bare-role rule.
     assert "authcar: warning:" not in proc.stderr, proc.stderr
+
+
+def documented_redis_acl(password: str) -> list[str]:
+    """The arguments of the `ACL SETUSER` that docs/security.md recommends (the user's name first),
+    with `password`."""
+    text = (REPO / "docs" / "security.md").read_text()
+    (block,) = re.findall(r"```\n(ACL SETUSER .*?)```", text, flags=re.DOTALL)
+    words = block.split()[2:]
+    assert ">PASSWORD" in words
+    return [f">{password}" if w == ">PASSWORD" else w for w in words]
+
+
+async def test_the_redis_overlay_reaches_redis_as_the_documented_acl_user_over_tls(
+    rendered: Rendered, tmp_path: Path
+) -> None:
+    """The overlay's URL, password file and CA file, loaded as authcar loads them, against a
+    redis-server over TLS whose only way in is the ACL user docs/security.md gives: every use of
+    the store works, so neither the overlay nor the documented ACL leaves anything out."""
+    from authcar.config import load_settings
+    from authcar.revocation import Revocation, RevocationList
+    from authcar.store.sessions import SessionRecords
+    from authcar.store.setup import store_from_settings
+    from tests.support.redis_servers import TlsFiles, standalone
+    from tests.support.tls_material import CertAuthority
+
+    docs = rendered["redis"]
+    pod = pod_spec(app_deployment(docs))
+    sidecar = container(pod, SIDECAR)
+    authority = CertAuthority("redis-ca")
+    issued = authority.issue_server(hostname="localhost")  # also names 127.0.0.1
+    files = TlsFiles(tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
+    files.cert.write_bytes(issued.cert_pem)
+    files.key.write_bytes(issued.key_pem)
+    files.ca.write_bytes(authority.cert_pem)
+    password = "a-password-only-in-the-secret"
+    redis_secret = {"password": password.encode() + b"\n", "ca.crt": authority.cert_pem}
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    placed = lay_out_volumes(pod, sidecar, docs, volumes, {"authcar-redis": redis_secret})
+    env = in_container(full_env(sidecar, docs), placed)
+    url = urlsplit(env["AUTHCAR_REDIS_URL"])
+    user = url.username
+    assert user is not None, "the overlay names an ACL user"
+    with standalone(tmp_path, tls=files) as server:
+        with server.server.client() as admin:
+            acl = documented_redis_acl(password)
+            assert acl[0] == user, "the overlay's URL names the user docs/security.md makes"
+            admin.execute_command("ACL", "SETUSER", *acl)
+        env["AUTHCAR_REDIS_URL"] = url._replace(netloc=f"{user}@127.0.0.1:{server.server.port}").geturl()
+        env["AUTHCAR_REDIS_TIMEOUT"] = "5"  # a loaded machine's first TLS connection
+        settings = load_settings(environ=env).settings
+        store = store_from_settings(settings)
+        try:
+            await store.ping()
+            await store.set("introspect:abc", b"{}", 60)
+            assert await store.get("introspect:abc") == b"{}"
+            assert await store.set_if_absent("login-state:abc", b"", 60)
+            assert await store.take("login-state:abc") == b""
+            assert await store.incr("counter", ttl=60) == 1
+            assert await store.ttl("counter") is not None
+            assert (await store.rate_limit("sub:abc", rate=10, burst=5)).allowed
+            sessions = SessionRecords(store, idle=60, max_age=600)
+            await sessions.create("session-id", "alice", b"data")
+            assert await sessions.load("session-id") == b"data"
+            assert await sessions.end_subject("alice") == 1
+            revocations = RevocationList(store, fail_open=False)
+            await revocations.add(Revocation("jti", "revoked-jti", 60))
+            assert [r.value for r in await revocations.listed()] == ["revoked-jti"]
+            await revocations.remove("jti", "revoked-jti")
+            await store.delete("counter")
+        finally:
+            await store.close()
+        with server.server.client() as admin:
+            # Every call ran as that user (a wrong password fails the first), none was refused.
+            assert admin.execute_command("ACL", "LOG") == []
+            clients = admin.execute_command("ACL", "LIST")
+            assert any(entry.decode().startswith(f"user {user} on") for entry in clients)
 
 
 @pytest.mark.parametrize("name", params())
