@@ -6,7 +6,11 @@ Three parts run in one event loop as one supervised group:
 - the book service (examples/book-service, shipped in the wheel as `book_service`) on 127.0.0.1 and a
   free port, trusting only the sidecar's signed X-Auth-Request-Jwt;
 - the sidecar in front of it, authorizing with the book service's policy (the repository's policies/,
-  shipped in the wheel as authcar/demo_policy).
+  shipped in the wheel as authcar/demo_policy), with browser login on: a page load without a token
+  is sent to the issuer's sign-in page (one button per demo user) and comes back with a session,
+  while API clients keep presenting tokens. The sidecar is the issuer's one login client, with a
+  client secret and a cookie secret made for this run, and plain-HTTP cookies (no Secure flag),
+  since everything listens on http://127.0.0.1 only.
 
 Once the sidecar is ready it prints a token per demo role and a walkthrough of curl commands, each
 with the status it gets. If any part stops by itself, the others are stopped and the demo exits 1;
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import secrets
 import signal
 import socket
 import sys
@@ -33,6 +38,7 @@ import uvicorn
 
 from authcar import devissuer
 from authcar.config import ConfigError, Settings, load_settings
+from authcar.devlogin import LoginClient
 from authcar.observe import configure_logging
 from authcar.policy import MODEL_FILE, POLICY_FILE, PolicyError
 from authcar.server import Listeners, QuietServer, Service, bind, bind_listeners
@@ -41,6 +47,8 @@ READY_TIMEOUT = 15.0  # seconds for the parts to start and the sidecar to load t
 STOP_TIMEOUT = 2  # seconds in-flight requests get when the demo stops; nothing here is long-running
 PUBLIC_PATHS = "GET|HEAD /healthz"  # the book service's probe, also allowed by the policy
 SHIPPED_POLICY = "demo_policy"  # the policy's directory inside the installed package
+LOGIN_CLIENT_ID = "authcar-demo"  # the sidecar, as the development issuer's login client
+BROWSER_PATH = "/books"  # what the demo asks people to open: every demo role may read it
 
 T = TypeVar("T")
 Task = asyncio.Task[None]
@@ -153,8 +161,24 @@ def import_book_service() -> ModuleType:
         ) from None
 
 
+def login_client(public: str) -> LoginClient:
+    """The sidecar as the issuer's one login client: a secret made for this run, and exactly the
+    callback and post-logout URL of this run's public listener."""
+    return LoginClient(
+        client_id=LOGIN_CLIENT_ID,
+        secret=secrets.token_urlsafe(32),
+        redirect_uris=(f"{public}/oauth2/callback",),
+        post_logout_redirect_uris=(f"{public}{BROWSER_PATH}",),
+    )
+
+
 def sidecar_settings(
-    port: int, admin_port: int, books_url: str, issuer: devissuer.DevIssuer, policy_dir: Path
+    port: int,
+    admin_port: int,
+    books_url: str,
+    issuer: devissuer.DevIssuer,
+    policy_dir: Path,
+    login: LoginClient,
 ) -> Settings:
     try:
         return load_settings(
@@ -170,6 +194,15 @@ def sidecar_settings(
                 "policy_dir": str(policy_dir),
                 "shutdown_grace_period": STOP_TIMEOUT,
                 "log_format": "text",
+                # Browser login: page loads without a token sign in at the issuer's page. Plain-HTTP
+                # cookies (no Secure), since the demo serves http://127.0.0.1 only.
+                "login": True,
+                "oidc_client_id": login.client_id,
+                "oidc_client_secret": login.secret,
+                "oidc_redirect_url": login.redirect_uris[0],
+                "post_logout_redirect_url": login.post_logout_redirect_uris[0],
+                "cookie_secret": secrets.token_urlsafe(32),  # per run: sessions end with the demo
+                "cookie_secure": False,
             },
             environ={},  # the demo is the same everywhere: AUTHCAR_* variables do not change it
         ).settings
@@ -240,11 +273,12 @@ async def running_demo(port: int, admin_port: int) -> AsyncIterator[RunningDemo]
             Settings(host="127.0.0.1", port=port, admin_host="127.0.0.1", admin_port=admin_port)
         )
         stack.callback(listeners.close)
-        issuer = await stack.enter_async_context(devissuer.serving())
+        public = f"http://127.0.0.1:{listeners.public_port}"
+        login = login_client(public)
+        issuer = await stack.enter_async_context(devissuer.serving(login_clients=[login]))
         books_socket = stack.enter_context(contextlib.closing(bind("127.0.0.1", 0)))
         books_url = f"http://127.0.0.1:{books_socket.getsockname()[1]}"
-        settings = sidecar_settings(port, admin_port, books_url, issuer, policy_dir)
-        public = f"http://127.0.0.1:{listeners.public_port}"
+        settings = sidecar_settings(port, admin_port, books_url, issuer, policy_dir, login)
         books, books_task = await stack.enter_async_context(
             serving_books(book_service, books_socket, f"{public}/.well-known/authcar/jwks.json")
         )
@@ -333,12 +367,20 @@ def instructions(urls: DemoUrls, issuer: devissuer.DevIssuer) -> str:
         f"  # {step.status} {step.says}\n  {curl_command(step, urls.public)}" for step in WALKTHROUGH
     )
     secret = devissuer.DEMO_SECRET
+    people = ", ".join(f"{person.subject}: {person.role}" for person in devissuer.DEMO_PEOPLE)
     return f"""
 authcar demo is running
   sidecar           {urls.public}  (admin: {urls.admin})
   book service      {urls.books}  (localhost only: reach it through the sidecar)
-  dev issuer        {urls.issuer}  (DEVELOPMENT ONLY: tokens for anyone with the demo secret)
+  dev issuer        {urls.issuer}  (DEVELOPMENT ONLY: tokens for anyone with the demo secret,
+                    and a sign-in page without passwords)
 
+In a browser: open {urls.public}{BROWSER_PATH} and choose a demo user on the sign-in page
+({people}); you come back to the book list, signed in as that user.
+  {urls.public}/oauth2/userinfo   who you are signed in as
+  {urls.public}/oauth2/sign_out   sign out (the next page load asks who you are again)
+
+With curl:
 1. Paste a token per demo role into your shell (minted now, valid for an hour):
 {tokens}
 

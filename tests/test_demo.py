@@ -27,6 +27,7 @@ import pytest
 
 from authcar.demo import DemoError, DemoUrls, demo_policy_dir, running_demo, supervise, wait_ready
 from authcar.devissuer import DEMO_AUDIENCE, DEMO_CLIENTS
+from tests.test_devissuer_login import form_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_COMMAND = (sys.executable, "-m", "authcar", "demo")
@@ -274,6 +275,50 @@ def test_the_issuer_names_itself_as_the_sidecar_expects(demo: Demo) -> None:
     [key] = httpx.get(discovery["jwks_uri"], timeout=5).json()["keys"]
     for token in demo.variables().values():
         assert jwt.get_unverified_header(token)["kid"] == key["kid"]
+
+
+def printed_url(demo: Demo, pattern: str) -> str:
+    [found] = re.findall(pattern, demo.printed, re.MULTILINE)
+    return str(found)
+
+
+def test_a_browser_signs_in_at_the_printed_url_and_sees_the_book_service(demo: Demo) -> None:
+    """What a person does with the printed browser lines, request by request as a browser sends them."""
+    opened = printed_url(demo, r"In a browser: open (http://\S+) ")
+    assert opened == f"{demo.public}/books"
+    userinfo = printed_url(demo, r"^  (http://\S+/oauth2/userinfo) ")
+    sign_out = printed_url(demo, r"^  (http://\S+/oauth2/sign_out) ")
+    issuer = demo.url("dev issuer")
+    page = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    with httpx.Client(timeout=5) as browser:
+        start = browser.get(opened, headers=page)
+        assert (start.status_code, start.headers["location"]) == (302, "/oauth2/start?rd=%2Fbooks")
+        authorize = browser.get(demo.public + start.headers["location"])
+        assert authorize.headers["location"].startswith(f"{issuer}/authorize?")
+        sign_in = browser.get(authorize.headers["location"], headers=page)
+        assert sign_in.status_code == 200
+        form = form_of(sign_in.text)
+        assert [b["data-user"] for b in form.buttons if "data-user" in b] == ["alice", "bob", "carol"]
+        chosen = browser.post(form.action, data={**form.hidden, "user": "bob"})
+        assert chosen.headers["location"].startswith(f"{demo.public}/oauth2/callback?")
+        back = browser.get(chosen.headers["location"])
+        assert (back.status_code, back.headers["location"]) == (302, "/books")
+        assert any("HttpOnly" in c for c in back.headers.get_list("set-cookie"))
+        shown = browser.get(opened, headers=page)
+        assert shown.status_code == 200, shown.text
+        assert "books" in shown.json()
+        me = browser.get(userinfo).json()
+        assert (me["sub"], me["groups"]) == ("bob", ["editor"])
+
+        out = browser.get(sign_out)
+        assert out.headers["location"].startswith(f"{issuer}/logout?")
+        returned = browser.get(out.headers["location"])
+        assert (returned.status_code, returned.headers["location"]) == (302, opened)
+        again = browser.get(opened, headers=page)
+        assert (again.status_code, again.headers["location"]) == (302, "/oauth2/start?rd=%2Fbooks")
+        # A script's call (not a page load) after sign-out keeps its 401, as API clients always get.
+        api = browser.get(opened, headers={"Accept": "application/json"})
+        assert (api.status_code, api.json()["error"]) == (401, "no_credentials")
 
 
 def test_the_book_service_is_reachable_only_on_localhost(demo: Demo) -> None:

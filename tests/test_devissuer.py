@@ -49,8 +49,16 @@ async def test_discovery_names_the_issuer_and_its_endpoints(
     assert document["issuer"] == issuer.url
     assert document["jwks_uri"] == f"{issuer.url}/jwks.json"
     assert document["token_endpoint"] == f"{issuer.url}/token"
-    assert document["grant_types_supported"] == ["client_credentials"]
+    assert document["grant_types_supported"] == ["authorization_code", "refresh_token", "client_credentials"]
     assert document["id_token_signing_alg_values_supported"] == ["ES256"]
+    # Browser sign-in (tests/test_devissuer_login.py): code + PKCE S256 only, logout, introspection.
+    assert document["authorization_endpoint"] == f"{issuer.url}/authorize"
+    assert document["end_session_endpoint"] == f"{issuer.url}/logout"
+    assert document["introspection_endpoint"] == f"{issuer.url}/introspect"
+    assert document["response_types_supported"] == ["code"]
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert document["authorization_response_iss_parameter_supported"] is True
+    assert {"openid", "profile", "email"} <= set(document["scopes_supported"])
 
 
 async def test_the_jwks_holds_one_public_key_with_a_kid(http: httpx.AsyncClient) -> None:
