@@ -4,9 +4,9 @@ for anything real: its sign-in page has no passwords, choosing a demo user IS si
 What it does keep to, so that the demo shows the real protocol: the authorization code flow with
 PKCE S256 only (`plain` and a missing challenge are refused), redirect URIs and post-logout URIs
 compared exactly against the registered ones (an unregistered one gets an error page, never a
-redirect), codes used once and only within CODE_LIFETIME seconds (a reused code also ends what it
-gave), refresh tokens rotated on every use, and every table bounded: at most MAX_CODES codes and
-MAX_GRANTS refresh tokens, the oldest forgotten first.
+redirect), codes used once and only within CODE_LIFETIME seconds (a reused code also ends the
+refresh tokens it gave), refresh tokens rotated on every use, and every table bounded: at most
+MAX_CODES codes and MAX_GRANTS refresh tokens, the oldest forgotten first.
 
 This module holds the rules and the pages; devissuer.py serves them over HTTP.
 """

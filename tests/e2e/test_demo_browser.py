@@ -77,7 +77,9 @@ def test_a_person_signs_in_sees_the_books_and_signs_out_in_a_browser(
     ]
     buttons[1].click()
 
-    WebDriverWait(browser, WAIT_TIMEOUT).until(lambda d: d.current_url == books)
+    WebDriverWait(browser, WAIT_TIMEOUT).until(
+        lambda d: d.current_url == books and d.execute_script("return document.readyState") == "complete"
+    )
     shown = json.loads(browser.find_element(By.TAG_NAME, "body").text)
     assert "books" in shown
     browser.get(demo.urls.public + "/oauth2/userinfo")
