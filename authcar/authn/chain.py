@@ -141,9 +141,15 @@ class Authentication:
             return None
         checks = {issuer.url: issuer.readiness() for issuer in self.issuers}
         bearer = self.bearer
-        if bearer is not None and bearer.introspecting is not None and bearer.introspector is None:
-            url = bearer.introspecting.url
-            checks[url] = {**checks[url], "ok": False, "introspection": "no introspection endpoint known yet"}
+        introspecting = bearer.introspecting if bearer is not None else None
+        if introspecting is not None and bearer is not None and bearer.introspector is None:
+            url = introspecting.url
+            if introspecting.metadata is None and introspecting.config.introspection_url is None:
+                checks[url] = {**checks[url], "ok": False, "introspection": "discovering the endpoint"}
+            else:
+                # Discovery named no endpoint (or none we can call): a provider without RFC 7662 is
+                # still one to sign in at and verify JWTs of; only its opaque tokens are refused.
+                checks[url] = {**checks[url], "introspection": "unavailable: opaque tokens get 401"}
         if len(checks) == 1:
             return next(iter(checks.values()))
         return {"ok": all(check["ok"] for check in checks.values()), "issuers": checks}

@@ -7,6 +7,7 @@ happens once for concurrent requests; a failed refresh ends the session cleanly.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -321,3 +322,28 @@ async def test_concurrent_requests_refresh_once_and_a_refused_refresh_ends_the_s
             again = await http.get(running.url + "/", headers=PAGE)
             assert again.status_code == 302
             assert again.headers["location"].startswith("/oauth2/start")
+
+
+async def test_a_provider_without_introspection_becomes_ready_and_signs_people_in(
+    idp: IdP, upstream: RunningUpstream
+) -> None:
+    # Many providers (Google, Auth0...) have no RFC 7662 endpoint: client credentials are then for
+    # login only, and opaque tokens are refused instead of keeping the sidecar unready for good.
+    discovery = {k: v for k, v in idp.discovery().items() if not k.startswith("introspection_")}
+    idp.raw_answers["discovery"] = json.dumps(discovery).encode()
+    port = free_port()
+    async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
+        await wait_for_login(running)
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(500):
+                ready = await http.get(running.admin_url + "/readyz")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert ready.status_code == 200, ready.text
+            assert "opaque tokens get 401" in ready.text
+            opaque = await http.get(
+                running.url + "/", headers={"Authorization": f"Bearer {idp.mint_opaque(sub='alice')}"}
+            )
+            assert opaque.status_code == 401
+            assert (await sign_in(http, running, "/x")).status_code == 200
