@@ -22,7 +22,7 @@ A file names its class (a section of ../shared/SECURITY.md) and lists cases:
       pipeline: 20              # the request rendered (fresh tokens each time) 20 times on one connection
       jwks_fetches: 1           # the provider's JWKS endpoint was asked at most this often meanwhile
       xfail: "lead: framing/desync"   # the awaited fix; the case must then fail (strict)
-      skip: "arrives with issue 12/13"
+      skip: "why the case cannot run yet"
 
 Templates, filled in when the case runs: {token:NAME} (tests/security/tokens.py), {body_length}
 (length of the body after templating), {repeat:TEXT*N}, {canary} (the recording upstream's URL,
