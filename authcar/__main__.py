@@ -4,6 +4,7 @@ of `run` and `check-config`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -107,6 +108,10 @@ def preflight(settings: Settings) -> tuple[list[Problem], list[Problem]]:
             problems.append(
                 Problem("tls_cert_file", f"TLS: {exc}", also=("tls_key_file", "tls_client_ca_file"))
             )
+    from authcar.otel_env import protocol_problem
+
+    if (tracing_problem := protocol_problem(os.environ)) is not None:
+        problems.append(Problem("", tracing_problem))  # an OpenTelemetry variable, not a setting
     return problems, warnings
 
 

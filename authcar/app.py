@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import IO, TYPE_CHECKING, Any
 
 import httpx
@@ -18,6 +19,7 @@ from authcar.gate import Gate, GateOptions
 from authcar.headers import HeaderRules
 from authcar.identity_headers import IdentityHeaders
 from authcar.observe import AccessLog, Metrics
+from authcar.otel_env import tracing_wanted
 from authcar.policy.reload import PolicySource
 from authcar.rate_limit import RateLimiter
 from authcar.rate_spec import rate_spec
@@ -30,6 +32,7 @@ from authcar.upstream import Upstream
 
 if TYPE_CHECKING:
     from authcar.login.flow import BrowserLogin
+    from authcar.tracing import Tracing
 
 log = logging.getLogger("authcar")
 
@@ -97,6 +100,15 @@ class Sidecar:
         self.policy.load_initial()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
+        # OpenTelemetry (OTEL_EXPORTER_OTLP_ENDPOINT): imported only when asked for.
+        self.tracing: Tracing | None = None
+        if tracing_wanted(os.environ):
+            from authcar.tracing import Tracing
+
+            self.tracing = Tracing.from_environ(os.environ, self.metrics, upstream_url=settings.upstream)
+            self.tracing.instrument(self.idp_http)
+            if self.login is not None:
+                self.tracing.instrument(self.login.provider.http)
         self.public_app = Gate(
             header_rules=self.header_rules,
             authentication=self.authentication,
@@ -112,6 +124,7 @@ class Sidecar:
             options=GateOptions.from_settings(settings),
             rate_limit=self.rate_limiter(),
             login=self.login,
+            tracing=self.tracing,
         )
         self.admin_app: Starlette = build_admin_app(self)
 
@@ -145,6 +158,8 @@ class Sidecar:
         self.metrics.flush()  # the last counts reach the (multiprocess) files before exit
         await self.upstream.close()
         self.access_log.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     def reload(self) -> None:
         """SIGHUP: re-read everything that can change without a restart."""

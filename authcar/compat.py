@@ -92,3 +92,15 @@ __all__ = [
     "sre_constants",
     "sre_parser",
 ]
+
+
+# -- opentelemetry-sdk: the batch span processor's queue, to count what a full queue drops -----------
+
+
+def batch_queue_length(processor: Any) -> int:
+    """How many spans wait in the SDK's BatchSpanProcessor (a bounded deque that drops its oldest
+    when full); the SDK exports that count only through its own metrics API."""
+    try:
+        return len(processor._batch_processor._queue)
+    except AttributeError as exc:
+        raise moved("opentelemetry-sdk", exc) from exc

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import unquote
 
 from authcar.authn.certificate import certificate_of, client_cert_header
@@ -58,6 +58,9 @@ from authcar.observe import AccessEntry, AccessLog, Metrics
 from authcar.paths import PublicPaths, normalise_path
 from authcar.policy import Policy, authorize
 from authcar.types import ASGIApp, Headers, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from authcar.tracing import RequestTrace, Tracing
 
 log = logging.getLogger("authcar.gate")
 
@@ -182,6 +185,7 @@ class RequestRecord:
     policy_version: str = ""
     forward_auth: bool = False  # a gateway's forward-auth request (/oauth2/auth)
     described: Description | None = None  # the request it asks about, once its description is vetted
+    trace: RequestTrace | None = None  # its spans, when tracing is on (authcar/tracing.py)
 
     @property
     def status(self) -> int:
@@ -207,6 +211,7 @@ class Gate:
         options: GateOptions,
         rate_limit: Limiter | None = None,
         login: LoginHooks | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.header_rules = header_rules
         self.authentication = authentication
@@ -220,6 +225,7 @@ class Gate:
         self.options = options
         self.rate_limit = rate_limit
         self.login = login
+        self.tracing = tracing
         self.reserved_prefixes = (options.reserved_prefix, WELL_KNOWN_PREFIX)
         self.max_body_bytes = options.max_body_bytes
         self.role_prefix = options.role_prefix
@@ -237,6 +243,7 @@ class Gate:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, *, websocket: bool) -> None:
         outcome = RequestRecord(started=time.perf_counter())
+        trace = outcome.trace = self.tracing.begin(scope) if self.tracing is not None else None
         client = scope.get("client")
         outcome.client = outcome.peer = client[0] if client else ""
         exchange = outcome.exchange
@@ -271,14 +278,23 @@ class Gate:
                     return
 
             # 3. authn
-            identity = outcome.identity = await self.authentication.authenticate(decided, path)
+            if trace is None:
+                identity = await self.authentication.authenticate(decided, path)
+            else:
+                with trace.stage("authenticate") as span:
+                    identity = await self.authentication.authenticate(decided, path)
+                    span.set_attribute("authcar.auth.source", identity.source)
+            outcome.identity = identity
             self.revocations.check(identity)  # cached tokens too: it reads the identity, not the token
             if self.rate_limit is not None:
                 await self.rate_limit.admit(identity, outcome.client)
 
             # 4. authz
             method = decided.get("method", "GET")  # a WebSocket handshake is a GET
+            decision_started = time.time_ns() if trace is not None else 0
             request, verdict = authorize(self.policy.current, identity, method, path, self.role_prefix)
+            if trace is not None:
+                trace.decided(decision_started, verdict.allowed, verdict.rule, verdict.policy_version)
             outcome.roles, outcome.rule = request.roles, verdict.rule
             outcome.policy_version = verdict.policy_version
             if verdict.allowed:
@@ -312,10 +328,18 @@ class Gate:
                 framed.headers.append(client_cert_header(certificate))
 
             # 6. forward
-            if websocket:
-                await self.upstream.forward_websocket(scope, receive, send, framed, exchange)
-            else:
-                await self.upstream.forward(scope, receive, send, framed, exchange)
+            upstream_span = None
+            if trace is not None:
+                upstream_span = trace.upstream(method, path, framed.headers)
+            try:
+                if websocket:
+                    await self.upstream.forward_websocket(scope, receive, send, framed, exchange)
+                else:
+                    await self.upstream.forward(scope, receive, send, framed, exchange)
+            finally:
+                if upstream_span is not None:
+                    upstream_span.set_attribute("http.response.status_code", exchange.status)
+                    upstream_span.end()
         except GatewayError as error:
             # A client that left mid-upload gets no answer; log it as such, not as the app's failure.
             exchange.status = 499 if exchange.client_gone else error.status
@@ -362,6 +386,14 @@ class Gate:
             self.metrics.in_flight.dec()
             # 7. record
             self.record(scope, outcome)
+            if trace is not None:
+                trace.end(
+                    status=outcome.status,
+                    path=scope.get("raw_path", b"").decode("latin-1"),
+                    client=outcome.client,
+                    decision=outcome.decision,
+                    request_id=outcome.request_id,
+                )
 
     def is_dry_run(self, method: str, path: str) -> bool:
         """A denial here is logged and let through (AUTHCAR_DRY_RUN, AUTHCAR_DRY_RUN_PATHS)."""
@@ -482,6 +514,7 @@ class Gate:
                 forward_auth=(described.source if described is not None else "refused")
                 if outcome.forward_auth
                 else "",
+                trace_id=outcome.trace.trace_id if outcome.trace is not None else "",
             )
         )
 

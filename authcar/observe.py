@@ -163,6 +163,7 @@ class AccessEntry(NamedTuple):
     # A forward-auth request (/oauth2/auth): where its description came from (x-forwarded,
     # x-original, path), or "refused"; method and path are then the described request's.
     forward_auth: str = ""
+    trace_id: str = ""  # with tracing on: the request's trace (32 hex digits)
 
 
 FLUSH_ENTRIES = 256
@@ -236,6 +237,8 @@ class AccessLog:
                 line += f" peer={e.peer}"
             if e.forward_auth:
                 line += f" forward_auth={e.forward_auth}"
+            if e.trace_id:
+                line += f" trace_id={e.trace_id}"
             return line
         line = JSON_LINE % (
             self.timestamp(e.time),
@@ -267,6 +270,8 @@ class AccessLog:
             line += ',"peer":"' + e.peer + '"'
         if e.forward_auth:
             line += ',"forward_auth":"' + e.forward_auth + '"'
+        if e.trace_id:
+            line += ',"trace_id":"' + e.trace_id + '"'
         return line + "}"
 
     def flush(self) -> None:
@@ -361,6 +366,12 @@ class Metrics:
             "authcar_jwks_fetches",
             "Key set fetches from the identity provider, by result",
             ["result"],
+            registry=r,
+        )
+        self.trace_spans_dropped = Counter(
+            "authcar_trace_spans_dropped",
+            "Spans dropped because the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE): the collector"
+            " is slower than the traffic, or unreachable",
             registry=r,
         )
         self.info = Gauge(

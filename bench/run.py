@@ -85,6 +85,12 @@ SHARED_STATE_PAIRS = (
     ("authcar-full-limits-redis", "authcar-full-limits", "the same checks: Redis instead of memory"),
     ("authcar-full-redis", "authcar-full", "Redis configured, no per-request check"),
 )
+# Tracing's rows against the full pipeline without it (spans exported to the upstream nginx, which
+# answers OTLP's POST /v1/traces with 200 like any request).
+TRACING_PAIRS = (
+    ("authcar-full-trace", "authcar-full", "tracing on, every request sampled"),
+    ("authcar-full-trace-1pct", "authcar-full", "tracing on, 1% of requests sampled"),
+)
 
 
 @dataclass
@@ -362,6 +368,7 @@ def start_authcar(
     workers: int = 1,
     redis: bool = False,
     limits: bool = False,
+    tracing: float | None = None,
 ) -> Target:
     """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen.
 
@@ -388,6 +395,12 @@ def start_authcar(
         if limits:
             extra, admin_token = limits_env()
             env.update(extra)
+        if tracing is not None:
+            env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=ctx.upstream_url.rstrip("/"),
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG=str(tracing),
+            )
         logged = True  # the access log goes to /dev/null below
     # Logged: the per-request JSON access log is written (cost measured) but discarded.
     log = None if logged else ctx.tmp / f"authcar-{mode}.log"
@@ -540,6 +553,21 @@ SCENARIOS: tuple[Scenario, ...] = (
         "authcar-full-limits-redis",
         "the same checks with the store in a private redis-server: one Redis call (EVALSHA) per request",
         lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, redis=True, limits=True),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-trace",
+        "full pipeline, 1 worker, OpenTelemetry on: every request sampled, four spans each, exported"
+        " over OTLP/HTTP in batches",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, tracing=1.0),
+        needs_tokens=True,
+        python=True,
+    ),
+    Scenario(
+        "authcar-full-trace-1pct",
+        "the same with OTEL_TRACES_SAMPLER=parentbased_traceidratio at 0.01: 1 request in 100 sampled",
+        lambda c: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, tracing=0.01),
         needs_tokens=True,
         python=True,
     ),
@@ -1065,13 +1093,13 @@ def auth_summary(rows: list[Row], kit: TokenKit | None, costs: dict[str, float] 
 
 
 def shared_state_summary(rows: list[Row]) -> dict[str, Any]:
-    """What the shared-state checks cost the sidecar, paired per repetition against their baseline,
-    and what each request costs Redis (its own CPU, and the calls authcar counted)."""
+    """What the shared-state checks and tracing cost the sidecar, paired per repetition against
+    their baseline, and what each request costs Redis (its own CPU, and the calls authcar counted)."""
     by_name = {r.scenario: r for r in rows if r.runs and r.workload == "saturation"}
     rps = lambda m: m.wrk.requests_per_s  # noqa: E731
     cpu = lambda m: m.cpu_us_per_request  # noqa: E731
     pairs = []
-    for name, base_name, what in SHARED_STATE_PAIRS:
+    for name, base_name, what in (*SHARED_STATE_PAIRS, *TRACING_PAIRS):
         row, base = by_name.get(name), by_name.get(base_name)
         if row is None or base is None:
             continue

@@ -180,3 +180,23 @@ def test_the_floor_venv_has_exactly_the_floors() -> None:
         if version_tuple(metadata.version(name)) != version_tuple(floor)
     }
     assert not wrong, wrong
+
+
+def test_the_batch_span_processors_queue_length_is_what_waits_to_be_exported() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    # A delay longer than the test: nothing leaves the queue until the flush.
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=600_000, max_export_batch_size=512)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    assert compat.batch_queue_length(processor) == 0
+    for _ in range(3):
+        provider.get_tracer("t").start_span("s").end()
+    assert compat.batch_queue_length(processor) == 3
+    processor.force_flush()
+    assert compat.batch_queue_length(processor) == 0
+    assert len(exporter.get_finished_spans()) == 3
+    provider.shutdown()

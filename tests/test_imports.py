@@ -9,6 +9,7 @@ an authcar cycle).
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -81,16 +82,23 @@ def test_the_check_sees_a_cycle(tmp_path: Path) -> None:
     assert "partially initialized" in failures["cyclic.a"]
 
 
-def test_redis_and_authlib_load_only_when_configured() -> None:
+def test_redis_authlib_and_opentelemetry_load_only_when_configured() -> None:
     # Each costs a worker megabytes of memory (redis-py ~8 MiB, authlib ~3 MiB): a sidecar without
-    # AUTHCAR_REDIS_URL or AUTHCAR_LOGIN builds everything without importing them.
+    # AUTHCAR_REDIS_URL, AUTHCAR_LOGIN or an OTLP endpoint builds everything without importing them.
     script = (
         "import sys; from authcar.app import Sidecar; from authcar.config import load_settings;"
         "s = load_settings({'allow_anonymous': True}, environ={}).settings; Sidecar(s);"
-        "print(sorted(m for m in ('redis', 'authlib') if m in sys.modules))"
+        "print(sorted(m for m in ('redis', 'authlib', 'opentelemetry', 'grpc') if m in sys.modules))"
     )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        env=environ,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
