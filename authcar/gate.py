@@ -278,7 +278,7 @@ class Gate:
                     return
 
             # 3. authn
-            if trace is None:
+            if trace is None or not trace.recording:
                 identity = await self.authentication.authenticate(decided, path)
             else:
                 with trace.stage("authenticate") as span:
@@ -291,9 +291,9 @@ class Gate:
 
             # 4. authz
             method = decided.get("method", "GET")  # a WebSocket handshake is a GET
-            decision_started = time.time_ns() if trace is not None else 0
+            decision_started = time.time_ns() if trace is not None and trace.recording else 0
             request, verdict = authorize(self.policy.current, identity, method, path, self.role_prefix)
-            if trace is not None:
+            if decision_started:
                 trace.decided(decision_started, verdict.allowed, verdict.rule, verdict.policy_version)
             outcome.roles, outcome.rule = request.roles, verdict.rule
             outcome.policy_version = verdict.policy_version

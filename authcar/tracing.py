@@ -18,7 +18,7 @@ global one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,10 @@ class Tracing:
         return cls(provider, upstream_url)
 
     def begin(self, scope: Scope) -> RequestTrace:
-        parent = self.propagator.extract(scope["headers"], getter=self.getter)
+        headers = scope["headers"]
+        parent = None
+        if any(name == b"traceparent" for name, _ in headers):
+            parent = self.propagator.extract(headers, getter=self.getter)
         method = scope.get("method", "GET")
         span = self.tracer.start_span(
             method if method in METHODS else "HTTP",
@@ -172,15 +175,18 @@ class Tracing:
 
 
 class RequestTrace:
-    """One request's spans. `server` is current (contextvars) from begin() to end(), so spans
-    started while the request runs are its children."""
+    """One request's spans. When the sampler chose to record it (`recording`), `server` is current
+    (contextvars) from begin() to end(), so spans started while the request runs are its children;
+    when not, no child span is made at all (the SDK's spans cost microseconds each even unrecorded)
+    and the application is still told the trace, with the sampled flag off."""
 
-    __slots__ = ("server", "token", "tracing")
+    __slots__ = ("recording", "server", "token", "tracing")
 
     def __init__(self, tracing: Tracing, server: trace.Span) -> None:
         self.tracing = tracing
         self.server = server
-        self.token = otel_context.attach(trace.set_span_in_context(server))
+        self.recording = server.is_recording()
+        self.token = otel_context.attach(trace.set_span_in_context(server)) if self.recording else None
 
     @property
     def trace_id(self) -> str:
@@ -203,11 +209,16 @@ class RequestTrace:
         )
         span.end()
 
-    def upstream(self, method: str, path: str, headers: Headers) -> trace.Span:
+    def upstream(self, method: str, path: str, headers: Headers) -> trace.Span | None:
         """The CLIENT span of the exchange with the application (`path`: the normalised path it is
         sent, without the query); `headers`, the forwarded request's, lose the client's trace
-        headers and carry this span's instead."""
+        headers and carry this span's instead (unrecorded: the request's, and no span)."""
         tracing = self.tracing
+        carrier: dict[str, str] = {}
+        if not self.recording:
+            tracing.propagator.inject(carrier, context=trace.set_span_in_context(self.server))
+            replace_trace_headers(headers, carrier)
+            return None
         span = tracing.tracer.start_span(
             method if method in METHODS else "HTTP",
             kind=SpanKind.CLIENT,
@@ -217,14 +228,15 @@ class RequestTrace:
                 **tracing.upstream_address,
             },
         )
-        carrier: MutableMapping[str, str] = {}
-        self.tracing.propagator.inject(carrier, context=trace.set_span_in_context(span))
-        headers[:] = [(name, value) for name, value in headers if name not in TRACE_HEADERS]
-        headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in carrier.items())
+        tracing.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        replace_trace_headers(headers, carrier)
         return span
 
     def end(self, *, status: int, path: str, client: str, decision: str, request_id: str) -> None:
         server = self.server
+        if not self.recording:
+            server.end()
+            return
         server.set_attributes(
             {
                 "http.response.status_code": status,
@@ -238,4 +250,11 @@ class RequestTrace:
             server.set_status(Status(StatusCode.ERROR))
             server.set_attribute("error.type", str(status))
         server.end()
-        otel_context.detach(self.token)
+        if self.token is not None:
+            otel_context.detach(self.token)
+
+
+def replace_trace_headers(headers: Headers, carrier: Mapping[str, str]) -> None:
+    """The forwarded headers without the client's trace headers, with ours."""
+    headers[:] = [(name, value) for name, value in headers if name not in TRACE_HEADERS]
+    headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in carrier.items())

@@ -249,3 +249,25 @@ def test_a_collector_that_never_answers_slows_nothing_and_a_full_queue_is_counte
         line for line in metrics.splitlines() if line.startswith("authcar_trace_spans_dropped_total")
     ]
     assert float(dropped.split()[-1]) > 0
+
+
+def test_an_unsampled_request_exports_nothing_and_the_application_still_learns_the_trace(
+    tmp_path: Path, idp: IdPClient, upstream: MisbehavingUpstream
+) -> None:
+    with otlp_http_receiver() as receiver:
+        env = sidecar_env(idp, upstream, receiver.url, OTEL_TRACES_SAMPLER="always_off")
+        sidecar = start_sidecar_process(tmp_path, env)
+        try:
+            upstream.requests.clear()
+            headers = {"Authorization": f"Bearer {idp.mint()}", "traceparent": TRACEPARENT}
+            assert httpx.get(sidecar.url + "/x", headers=headers, timeout=10).status_code == 200
+            [request] = upstream.requests
+            [forwarded] = [v for k, v in request.headers if k.lower() == "traceparent"]
+            # The same trace, not sampled: the application's own tracer can follow the decision.
+            match = TRACEPARENT_FORMAT.fullmatch(forwarded)
+            assert match is not None
+            assert match.group(1) == CLIENT_TRACE
+            assert forwarded.endswith("-00")
+        finally:
+            sidecar.stop()  # flushes whatever was queued
+        assert receiver.spans == []
