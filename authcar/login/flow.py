@@ -283,13 +283,13 @@ class BrowserLogin:
             id_token=id_token,
         )
         try:
-            await self.records.replace(
+            still_live = await self.records.replace(
                 session_id, session.subject, updated.to_bytes(), max_age=self.remaining(updated)
             )
         except SessionTooLarge:
             await self.records.end(session_id)
             return None
-        return updated
+        return updated if still_live else None  # signed out while the provider answered
 
     async def refreshed_claims(
         self, session: BrowserSession, answer: TokenAnswer

@@ -8,8 +8,10 @@ logout token) and a session id is a bearer secret. `session:<sha256(sid)>` is th
 digests, and `sessions-of-sid:<sha256(provider sid)>` the same for the provider's session id (the ID
 token's `sid`, what a back-channel logout names). The indexes are written before the record, so a
 record is never missing from them; an index entry whose record is gone is harmless (ending it is a
-no-op) and expires with the session's `max_age`. Every call may raise StoreUnavailable: sessions
-fail closed.
+no-op) and expires with the session's `max_age`. Ending a session also leaves `session-ended:<digest>`
+for `max_age`, written before the record is deleted: a refresh that was at the provider meanwhile
+writes the record back, then finds the marker and deletes it again, so no ended session comes back.
+Every call may raise StoreUnavailable: sessions fail closed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class SessionRecords:
     async def end(self, sid: str) -> None:
         session = digest(sid)
         value = await self.store.get_sliding(f"session:{session}")
+        await self.store.set(f"session-ended:{session}", b"", self.max_age)
         await self.store.delete_sliding(f"session:{session}")
         if value is not None:
             await self.store.remove_member(f"sessions-of:{value.partition(b' ')[0].decode()}", session)
@@ -64,14 +67,22 @@ class SessionRecords:
         for session in sessions:
             if await self.store.get_sliding(f"session:{session}") is not None:
                 live += 1
+            await self.store.set(f"session-ended:{session}", b"", self.max_age)
             await self.store.delete_sliding(f"session:{session}")
             await self.store.remove_member(index, session)
         return live
 
-    async def replace(self, sid: str, sub: str, data: bytes, *, max_age: float) -> None:
+    async def replace(self, sid: str, sub: str, data: bytes, *, max_age: float) -> bool:
         """New data for a live session (a refresh), ending `max_age` from now: the caller passes
-        what is left of the session's absolute lifetime, so a refresh never extends it."""
+        what is left of the session's absolute lifetime, so a refresh never extends it. False (and
+        no record) when the session ended meanwhile (sign-out, back-channel logout)."""
+        session = digest(sid)
         value = digest(sub).encode() + b" " + data
         await self.store.set_sliding(
-            f"session:{digest(sid)}", value, idle=self.idle, max_age=min(max_age, self.max_age)
+            f"session:{session}", value, idle=self.idle, max_age=min(max_age, self.max_age)
         )
+        # Checked after the write: an end() that deleted the record before it had left its marker.
+        if await self.store.get(f"session-ended:{session}") is not None:
+            await self.store.delete_sliding(f"session:{session}")
+            return False
+        return True

@@ -347,3 +347,51 @@ async def test_a_provider_without_introspection_becomes_ready_and_signs_people_i
             )
             assert opaque.status_code == 401
             assert (await sign_in(http, running, "/x")).status_code == 200
+
+
+async def wait_until(condition: Any, what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.mark.parametrize("ending", ["sign_out", "backchannel"])
+async def test_a_session_ended_while_its_refresh_is_under_way_stays_ended(
+    idp: IdP, upstream: RunningUpstream, ending: str
+) -> None:
+    # A refresh that was already at the provider when the session ended must not write the record
+    # back: sign-out (or the provider's back-channel logout) would be undone by a request in flight.
+    idp.token_lifetime = 2
+    port = free_port()
+    async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
+        await wait_for_login(running)
+        async with httpx.AsyncClient(timeout=30) as http:
+            await sign_in(http, running, "/")
+            session = http.cookies.get("authcar")
+            sid = idp.sessions_of("alice")[-1]
+            await asyncio.sleep(1.7)  # the refresh is due
+            idp.set_mode("slow", ["token"], delay=3.0)
+            in_flight = asyncio.create_task(http.get(running.url + "/during", headers=PAGE))
+            await wait_until(lambda: idp.in_flight["token"] == 1, "the refresh reached the provider")
+            if ending == "sign_out":
+                out = await http.get(running.url + "/oauth2/sign_out")
+                assert out.status_code == 302
+            else:
+                async with httpx.AsyncClient(timeout=10) as provider:
+                    out = await provider.post(
+                        running.url + "/oauth2/backchannel_logout",
+                        data={"logout_token": idp.logout_token(sid=sid)},
+                    )
+                assert out.status_code == 200, out.text
+                assert out.json() == {"sessions_ended": 1}
+            await in_flight  # the refresh finishes after the session ended
+            idp.set_mode("normal")
+        async with httpx.AsyncClient(timeout=10) as replay:
+            replay.cookies.set("authcar", session, domain="127.0.0.1")
+            answer = await replay.get(running.url + "/after", headers={"Accept": "application/json"})
+            userinfo = await replay.get(running.url + "/oauth2/userinfo")
+    assert answer.status_code == 401
+    assert userinfo.status_code == 401
+    assert "/after" not in upstream.paths()
