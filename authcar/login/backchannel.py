@@ -6,7 +6,8 @@ tells us, server to server, that a person signed out there (or was signed out by
                 same JWT validator as every token), then what makes it a logout token (tokens.py:
                 the back-channel event, no nonce, a recent `iat`, a `sid` and/or a `sub`)
     replay      its `jti` is remembered in the shared store for as long as it could be accepted,
-                so the same token is refused on every replica (400)
+                so the same token is refused on every replica (400) once its sessions ended; a
+                retry of a delivery the store failed midway (503) is finished, not refused
     effect      every session made under the provider's `sid` ends, on every replica (the records
                 are in the shared store); with only a `sub`, or when no session carries the `sid`
                 (providers that omit `sid` from ID tokens), every session of the subject ends
@@ -18,7 +19,6 @@ live: the provider should retry). No cookie is read or set: the caller is not a 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +41,10 @@ FORM = "application/x-www-form-urlencoded"
 # A token's `iat` may not be older than LOGOUT_TOKEN_MAX_AGE (plus leeway either side): its jti must
 # be remembered at least that long for a replay to meet it.
 REPLAY_MARGIN = 5.0
+# The jti marker: PENDING from the first delivery until its sessions ended, then DONE. Only a DONE
+# one is a replay: a delivery the store failed midway (the marker written, the ending or the marker's
+# removal not) is finished by the provider's retry instead of being refused for good.
+PENDING, DONE = b"pending", b"done"
 
 
 class BackChannelLogout:
@@ -88,18 +92,16 @@ class BackChannelLogout:
             log.warning("backchannel_logout_refused", extra={"reason": exc.reason})
             raise BadRequest("the logout token is not valid", code="invalid_logout_token") from None
         marker = "logout-jti:" + digest(f"{self.provider.issuer.url} {asked.jti}")
+        ttl = LOGOUT_TOKEN_MAX_AGE + 2 * leeway + REPLAY_MARGIN
         try:
-            if not await self.store.set_if_absent(
-                marker, b"", LOGOUT_TOKEN_MAX_AGE + 2 * leeway + REPLAY_MARGIN
-            ):
+            # A marker still PENDING is an earlier delivery the store failed midway (or one under
+            # way): ending the same sessions again is harmless, refusing would leave them alive.
+            first = await self.store.set_if_absent(marker, PENDING, ttl)
+            if not first and await self.store.get(marker) != PENDING:
                 log.warning("backchannel_logout_refused", extra={"reason": "replayed"})
                 raise BadRequest("this logout token was used already", code="logout_token_replayed")
-            try:
-                ended = await self.end_sessions(asked)
-            except StoreUnavailable:
-                # Not done: the provider's retry with the same token must not be taken for a replay.
-                await self.forget(marker)
-                raise
+            ended = await self.end_sessions(asked)
+            await self.store.set(marker, DONE, ttl)
         except StoreUnavailable:
             raise ServiceUnavailable(
                 "the sessions cannot be ended now", code="session_store_unavailable"
@@ -114,10 +116,6 @@ class BackChannelLogout:
         if asked.sub is not None and (asked.sid is None or ended == 0):
             ended = await self.records.end_subject(asked.sub)
         return ended
-
-    async def forget(self, marker: str) -> None:
-        with contextlib.suppress(StoreUnavailable):  # else the marker expires by itself
-            await self.store.delete(marker)
 
     async def logout_token(self, request: Request) -> str:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from authcar.store import StoreUnavailable
 from tests.e2e.test_login import PAGE, free_port, login_settings, sign_in, wait_for_login
 from tests.idp import IdP, run_idp
 from tests.support.sidecar import RunningSidecar, start_sidecar
@@ -187,3 +188,33 @@ async def test_malformed_requests_get_a_json_answer_and_end_nothing(
 
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def test_a_delivery_the_store_failed_midway_is_not_refused_as_a_replay_when_retried(
+    sidecar: RunningSidecar, idp: IdP, browsers: list[httpx.AsyncClient], upstream: RunningUpstream
+) -> None:
+    # The store answers the replay check, then stops answering (ending the sessions and forgetting
+    # the marker both fail): 503, and the provider's retry once it is back must end the session.
+    http, sid = await signed_in(sidecar, idp, browsers)
+    token = idp.logout_token(sid=sid)
+    login = sidecar.service.sidecar.login
+    assert login is not None
+    store = login.store
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise StoreUnavailable("down")
+
+    store.members = down  # type: ignore[method-assign]
+    store.delete = down  # type: ignore[method-assign]
+    try:
+        failed = await deliver(sidecar, token)
+    finally:
+        del store.members, store.delete
+    assert failed.status_code == 503
+    assert failed.json()["error"] == "session_store_unavailable"
+    retried = await deliver(sidecar, token)
+    assert retried.status_code == 200, retried.text
+    assert retried.json() == {"sessions_ended": 1}
+    seen = len(upstream.seen)
+    assert await page_status(http, sidecar) == 401
+    assert len(upstream.seen) == seen
