@@ -295,13 +295,19 @@ class BrowserLogin:
         self, session: BrowserSession, answer: TokenAnswer
     ) -> tuple[dict[str, Any] | None, str | None]:
         """A new ID token from a refresh replaces the claims (roles may have changed), if it is about
-        the same person (OIDC Core 12.2); without one, the claims stay."""
+        the same person (OIDC Core 12.2), with userinfo's asked anew as at sign-in: many providers
+        say the groups only there, and the ID token alone would take them away. Without a new ID
+        token, or when userinfo does not answer, the claims stay as they were."""
         if answer.id_token is None:
             return None, None
         claims = await self.provider.verified_id_token(answer.id_token)
         if claims.get("sub") != session.subject:
             raise LoginFailed("id_token_subject", "the refreshed ID token is about another subject")
-        return identity_claims(claims, None), answer.id_token
+        userinfo = await self.provider.userinfo(answer.access_token, session.subject)
+        metadata = self.provider.metadata
+        if userinfo is None and metadata is not None and metadata.userinfo_endpoint is not None:
+            return None, answer.id_token
+        return identity_claims(claims, userinfo), answer.id_token
 
     def remaining(self, session: BrowserSession) -> float:
         return max(1.0, session.signed_in_at + self.options.max_age - self.clock())

@@ -395,3 +395,25 @@ async def test_a_session_ended_while_its_refresh_is_under_way_stays_ended(
     assert answer.status_code == 401
     assert userinfo.status_code == 401
     assert "/after" not in upstream.paths()
+
+
+async def test_a_refresh_keeps_the_claims_only_userinfo_gave(idp: IdP, upstream: RunningUpstream) -> None:
+    # The test provider, like Keycloak without a groups mapper on the ID token, says the groups only
+    # in userinfo: a refresh's new ID token must not silently take the person's roles away.
+    idp.token_lifetime = 2
+    port = free_port()
+    async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
+        await wait_for_login(running)
+        async with httpx.AsyncClient(timeout=10) as http:
+            await sign_in(http, running, "/before")
+            await asyncio.sleep(1.7)  # the refresh is due
+            after = await http.get(running.url + "/after", headers=PAGE)
+            info = await http.get(running.url + "/oauth2/userinfo")
+    assert after.status_code == 200
+    assert sum(idp.refreshes.values()) == 1
+    before_seen, after_seen = upstream.seen
+    assert "reader" in (before_seen.header("x-auth-request-groups") or "")
+    assert after_seen.raw_path == "/after"
+    assert after_seen.header("x-auth-request-user") == "alice"
+    assert after_seen.header("x-auth-request-groups") == before_seen.header("x-auth-request-groups")
+    assert "reader" in info.json()["groups"]
