@@ -18,6 +18,7 @@ global one.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,16 @@ TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 SHUTDOWN_TIMEOUT_MS = 5000  # at exit, what is queued gets this long to leave
 SPAN_SLOT = "authcar.trace"  # httpx request extension: the client span of a provider call
+# W3C Trace Context 3.3: what a tracestate may hold. The SDK logs a warning quoting every header that
+# breaks these rules (or is too long), so a client could write a line of its choosing into our log
+# with each request; HeaderGetter hands the SDK only a tracestate it takes silently.
+TRACESTATE_MEMBER = re.compile(
+    r"(?P<key>[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+MAX_TRACESTATE_CHARS = 8192  # the SDK's limit (W3C asks for at least 512)
+MAX_TRACESTATE_MEMBERS = 32
+MAX_TRACEPARENT_CHARS = 512  # the SDK's limit
 
 
 def build_exporter(environ: Mapping[str, str]) -> SpanExporter:
@@ -89,10 +100,33 @@ class HeaderGetter(Getter[Headers]):
     def get(self, carrier: Headers, key: str) -> list[str] | None:
         name = key.encode("latin-1")
         values = [value.decode("latin-1") for header, value in carrier if header == name]
-        return values or None
+        if not values:
+            return None
+        if name == b"traceparent" and len(values[0]) > MAX_TRACEPARENT_CHARS:
+            return None  # not a traceparent: a new trace begins, as the SDK would, without its warning
+        if name == b"tracestate" and not quiet_tracestate(values):
+            return None  # the SDK would drop it whole, with a warning that quotes it
+        return values
 
     def keys(self, carrier: Headers) -> list[str]:
         return [name.decode("latin-1") for name, _ in carrier]
+
+
+def quiet_tracestate(values: list[str]) -> bool:
+    """Whether the SDK takes these tracestate headers as they are, with nothing to warn about."""
+    if sum(len(value) for value in values) + len(values) - 1 > MAX_TRACESTATE_CHARS:
+        return False
+    keys: set[str] = set()
+    for value in values:
+        for member in value.split(","):
+            member = member.strip(" \t")
+            if not member:
+                continue
+            match = TRACESTATE_MEMBER.fullmatch(member)
+            if match is None or match["key"] in keys:
+                return False
+            keys.add(match["key"])
+    return len(keys) <= MAX_TRACESTATE_MEMBERS
 
 
 class Tracing:

@@ -274,3 +274,44 @@ def test_an_unsampled_request_exports_nothing_and_the_application_still_learns_t
         finally:
             sidecar.stop()  # flushes whatever was queued
         assert receiver.spans == []
+
+
+def test_a_clients_malformed_tracestate_is_dropped_without_a_log_line_per_request(
+    sidecar: SidecarProcess, idp: IdPClient, upstream: MisbehavingUpstream
+) -> None:
+    # The SDK warns about a bad tracestate member quoting it (and about too many members, too long a
+    # header): without a check of our own, any client could write a line of its choosing into the
+    # sidecar's log with every request.
+    upstream.requests.clear()
+    marker = "client-chosen-log-text"
+    token = idp.mint()
+
+    def sdk_lines() -> list[str]:
+        return [line for line in sidecar.log_path.read_text().splitlines() if '"opentelemetry' in line]
+
+    before = len(sdk_lines())
+    bent = [
+        f"ok=1,{marker} is not a member",
+        ",".join(f"k{index}=v" for index in range(33)),
+        "k="
+        + "v" * 255
+        + ","
+        + ",".join(f"k{index}=" + "v" * 250 for index in range(31))
+        + ",x="
+        + "y" * 250,
+        "dup=1,dup=2",
+    ]
+    for index in range(20):
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "traceparent": TRACEPARENT if index % 5 else TRACEPARENT + "-" + "x" * 600,
+            "tracestate": bent[index % len(bent)],
+        }
+        assert httpx.get(sidecar.url + "/x", headers=headers, timeout=10).status_code == 200
+    assert len(upstream.requests) == 20
+    for request in upstream.requests:
+        # Dropped whole, as the SDK does: the application gets our traceparent and no tracestate.
+        assert [v for k, v in request.headers if k.lower() == "tracestate"] == []
+        assert len([v for k, v in request.headers if k.lower() == "traceparent"]) == 1
+    time.sleep(0.2)
+    assert sdk_lines()[before:] == []
