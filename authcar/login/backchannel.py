@@ -10,7 +10,8 @@ tells us, server to server, that a person signed out there (or was signed out by
                 retry of a delivery the store failed midway (503) is finished, not refused
     effect      every session made under the provider's `sid` ends, on every replica (the records
                 are in the shared store); with only a `sub`, or when no session carries the `sid`
-                (providers that omit `sid` from ID tokens), every session of the subject ends
+                (providers that omit `sid` from ID tokens), every session of the subject ends; a
+                `sid` whose sessions ended here already (sign-out) ends no other
 
 The answer is 200 when the sessions ended (none left is success too), 400 with a reason for a
 token that is not a valid logout token, 503 when the store cannot confirm it (the sessions may still
@@ -111,9 +112,13 @@ class BackChannelLogout:
 
     async def end_sessions(self, asked: LogoutRequest) -> int:
         ended = 0
+        known = False
         if asked.sid is not None:
+            # A sid we indexed but whose sessions ended already (signed out here, then the provider
+            # tells every client) ends nothing more: the subject's other devices live on.
+            known = await self.records.knows_provider_session(asked.sid)
             ended = await self.records.end_provider_session(asked.sid)
-        if asked.sub is not None and (asked.sid is None or ended == 0):
+        if asked.sub is not None and (asked.sid is None or not known):
             ended = await self.records.end_subject(asked.sub)
         return ended
 

@@ -61,6 +61,11 @@ class SessionRecords:
         by `sid`); how many were live."""
         return await self.end_indexed(f"sessions-of-sid:{digest(provider_sid)}")
 
+    async def knows_provider_session(self, provider_sid: str) -> bool:
+        """Whether a session made under the provider's session `provider_sid` is indexed (live or
+        ended here since, e.g. by sign-out), i.e. the provider's `sid` is one its ID tokens named."""
+        return bool((await self.store.members(f"sessions-of-sid:{digest(provider_sid)}")).members)
+
     async def end_indexed(self, index: str) -> int:
         sessions = list((await self.store.members(index)).members)
         live = 0

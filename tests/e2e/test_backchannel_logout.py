@@ -218,3 +218,24 @@ async def test_a_delivery_the_store_failed_midway_is_not_refused_as_a_replay_whe
     seen = len(upstream.seen)
     assert await page_status(http, sidecar) == 401
     assert len(upstream.seen) == seen
+
+
+async def test_signing_out_here_then_the_providers_logout_of_that_sid_ends_no_other_device(
+    sidecar: RunningSidecar, idp: IdP, browsers: list[httpx.AsyncClient], upstream: RunningUpstream
+) -> None:
+    # RP-initiated logout: the laptop signs out here (its record ends), the provider ends that sid and
+    # tells every client, with the sid and the sub. The sid names a session we knew, so the phone's
+    # session (another provider sid) must live on: falling back to "every session of the sub" is for
+    # a sid we never saw.
+    laptop, laptop_sid = await signed_in(sidecar, idp, browsers)
+    phone, phone_sid = await signed_in(sidecar, idp, browsers)
+    assert laptop_sid != phone_sid
+    out = await laptop.get(sidecar.url + "/oauth2/sign_out")
+    assert out.status_code == 302
+    answer = await deliver(sidecar, idp.logout_token(sid=laptop_sid, sub="alice"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"sessions_ended": 0}
+    seen = len(upstream.seen)
+    assert await page_status(phone, sidecar) == 200
+    assert len(upstream.seen) == seen + 1
+    assert upstream.seen[-1].header("x-auth-request-user") == "alice"
