@@ -19,6 +19,7 @@ Sessions fail closed: a store that does not answer is 503, never a session assum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -194,12 +195,13 @@ class BrowserLogin:
         session = await self.current(session_id, session)
         if session is None:
             return None
+        try:
+            identity = self.provider.issuer.mapping.identity(session.claims, session.issuer, "session")
+        except TokenRejected:
+            return None  # claims the policy cannot read: as if there were no session (nor its token)
         if self.options.pass_access_token:
             scope[SESSION_TOKEN_SLOT] = session.access_token
-        try:
-            return self.provider.issuer.mapping.identity(session.claims, session.issuer, "session")
-        except TokenRejected:
-            return None  # claims the policy cannot read: as if there were no session
+        return identity
 
     async def load(self, session_id: str) -> BrowserSession | None:
         try:
@@ -480,14 +482,19 @@ class BrowserLogin:
         session_id = self.session_id(request.scope["headers"])
         session = await self.load(session_id) if session_id is not None else None
         request_id = request.headers.get("x-request-id", "")
-        if session is None:
+        identity = None
+        if session is not None:
+            # As for a request: a session the policy cannot read is none.
+            with contextlib.suppress(TokenRejected):
+                identity = self.provider.issuer.mapping.identity(session.claims, session.issuer, "session")
+        if session is None or identity is None:
             return error_response(Unauthorized("no session", code="no_session"), request_id)
         claims = session.claims
         body = {
             "sub": session.subject,
             "iss": session.issuer,
             **{name: claims[name] for name in USERINFO_CLAIMS if name in claims},
-            "groups": sorted(self.provider.issuer.mapping.identity(claims, session.issuer, "session").roles),
+            "groups": sorted(identity.roles),
         }
         return Response(
             json_bytes(body),

@@ -417,3 +417,31 @@ async def test_a_refresh_keeps_the_claims_only_userinfo_gave(idp: IdP, upstream:
     assert after_seen.header("x-auth-request-user") == "alice"
     assert after_seen.header("x-auth-request-groups") == before_seen.header("x-auth-request-groups")
     assert "reader" in info.json()["groups"]
+
+
+async def test_a_session_whose_claims_the_policy_cannot_read_passes_nothing_of_it_on(
+    idp: IdP, upstream: RunningUpstream
+) -> None:
+    # A session the claim mapping refuses (here: more roles than a request may carry) is no session:
+    # not its access token beside an anonymous request, and /oauth2/userinfo says 401, not 502.
+    from authcar.claims import MAX_ROLES
+
+    idp.login_as("dave", roles=[f"role-{index}" for index in range(MAX_ROLES + 1)])
+    port = free_port()
+    settings = login_settings(idp, port, allow_anonymous=True, pass_access_token=True)
+    async with start_sidecar(upstream.url, **settings) as running:
+        await wait_for_login(running)
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.get(running.url + "/oauth2/start?rd=/anonymous")
+            answer = await http.get(answer.headers["location"])
+            answer = await http.get(answer.headers["location"])  # the callback
+            assert answer.status_code == 302
+            assert http.cookies.get("authcar")
+            page = await http.get(running.url + "/anonymous", headers=PAGE)
+            info = await http.get(running.url + "/oauth2/userinfo")
+    assert page.status_code == 200
+    [seen] = upstream.seen
+    assert seen.header("x-auth-request-user") is None
+    assert seen.header("x-auth-request-access-token") is None
+    assert info.status_code == 401
+    assert info.json()["error"] == "no_session"
