@@ -445,3 +445,22 @@ async def test_a_session_whose_claims_the_policy_cannot_read_passes_nothing_of_i
     assert seen.header("x-auth-request-access-token") is None
     assert info.status_code == 401
     assert info.json()["error"] == "no_session"
+
+
+async def test_a_websocket_opened_with_the_session_is_its_identity_without_its_cookies(
+    idp: IdP, sidecar: RunningSidecar, upstream: RunningUpstream
+) -> None:
+    import aiohttp
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        await sign_in(http, sidecar, "/")
+        session = http.cookies.get("authcar")
+    cookie = f"theme=dark; authcar={session}; lang=en"
+    url = sidecar.url.replace("http", "ws") + "/ws"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        async with client.ws_connect(url, headers={"Cookie": cookie}) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive()).data == "echo:hi"
+    [handshake] = [seen for seen in upstream.seen if seen.raw_path == "/ws"]
+    assert handshake.header("x-auth-request-user") == "alice"
+    assert handshake.all("cookie") == ["theme=dark; lang=en"]
