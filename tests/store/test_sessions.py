@@ -75,3 +75,25 @@ async def test_ids_and_subjects_from_outside_never_become_keys(shared_store: Sto
         await sessions.create(odd, odd, b"v")
         assert await sessions.load(odd) == b"v"
         assert await sessions.end_subject(odd) == 1
+
+
+async def test_a_refresh_written_after_the_session_ended_does_not_bring_it_back(
+    shared_store: StoreFactory,
+) -> None:
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    other = SessionRecords(shared_store(), idle=60, max_age=600)  # on another replica
+    await sessions.create("by-id", "alice", b"v1", provider_sid="idp-1")
+    await sessions.create("by-sid", "alice", b"v1", provider_sid="idp-2")
+    await sessions.create("by-sub", "alice", b"v1", provider_sid="idp-3")
+    await sessions.create("live", "bob", b"v1")
+    await other.end("by-id")
+    await other.end_provider_session("idp-2")
+    await other.end_subject("alice")
+    for sid in ("by-id", "by-sid", "by-sub"):
+        assert await sessions.replace(sid, "alice", b"v2", max_age=600) is False
+        assert await sessions.load(sid) is None
+    assert await sessions.replace("live", "bob", b"v2", max_age=600) is True
+    assert await sessions.load("live") == b"v2"
+    assert await other.knows_provider_session("idp-1")  # ended by id: still indexed
+    assert not await other.knows_provider_session("idp-2")  # its logout emptied the index
+    assert not await other.knows_provider_session("never-seen")
