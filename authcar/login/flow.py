@@ -61,7 +61,9 @@ from authcar.types import Headers, Scope
 
 log = logging.getLogger("authcar.login")
 
-REFRESH_LOCK_SECONDS = 15.0  # longer than one token call (CALL_DEADLINE): a crashed holder frees it
+# Longer than a refresh takes at most (the token call and userinfo, CALL_DEADLINE each), so no other
+# replica spends the rotated refresh token meanwhile; a crashed holder frees it.
+REFRESH_LOCK_SECONDS = 25.0
 REFRESH_WAIT_SECONDS = 5.0  # a replica waiting for another's refresh of an expired token
 REFRESH_POLL_SECONDS = 0.1
 Endpoint = Callable[[Request], Awaitable[Response]]
