@@ -8,8 +8,9 @@ logout token) and a session id is a bearer secret. `session:<sha256(sid)>` is th
 digests, and `sessions-of-sid:<sha256(provider sid)>` the same for the provider's session id (the ID
 token's `sid`, what a back-channel logout names). The indexes are written before the record, so a
 record is never missing from them; an index entry whose record is gone is harmless (ending it is a
-no-op) and expires with the session's `max_age`. Ending a session also leaves `session-ended:<digest>`
-for `max_age`, written before the record is deleted: a refresh that was at the provider meanwhile
+no-op) and expires with the session's `max_age`. Ending a live session also leaves
+`session-ended:<digest>` for `max_age`, written before the record is deleted (only for a record that
+exists: an id from a cookie never becomes a key by itself): a refresh that was at the provider meanwhile
 writes the record back, then finds the marker and deletes it again, so no ended session comes back.
 Every call may raise StoreUnavailable: sessions fail closed.
 """
@@ -47,10 +48,11 @@ class SessionRecords:
     async def end(self, sid: str) -> None:
         session = digest(sid)
         value = await self.store.get_sliding(f"session:{session}")
+        if value is None:
+            return  # nothing to end (nor to mark: a cookie of any value must not become a key)
         await self.store.set(f"session-ended:{session}", b"", self.max_age)
         await self.store.delete_sliding(f"session:{session}")
-        if value is not None:
-            await self.store.remove_member(f"sessions-of:{value.partition(b' ')[0].decode()}", session)
+        await self.store.remove_member(f"sessions-of:{value.partition(b' ')[0].decode()}", session)
 
     async def end_subject(self, sub: str) -> int:
         """End every session of `sub` (back-channel logout by subject); how many were live."""
@@ -72,8 +74,8 @@ class SessionRecords:
         for session in sessions:
             if await self.store.get_sliding(f"session:{session}") is not None:
                 live += 1
-            await self.store.set(f"session-ended:{session}", b"", self.max_age)
-            await self.store.delete_sliding(f"session:{session}")
+                await self.store.set(f"session-ended:{session}", b"", self.max_age)
+                await self.store.delete_sliding(f"session:{session}")
             await self.store.remove_member(index, session)
         return live
 

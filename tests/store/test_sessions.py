@@ -97,3 +97,15 @@ async def test_a_refresh_written_after_the_session_ended_does_not_bring_it_back(
     assert await other.knows_provider_session("idp-1")  # ended by id: still indexed
     assert not await other.knows_provider_session("idp-2")  # its logout emptied the index
     assert not await other.knows_provider_session("never-seen")
+
+
+async def test_ending_a_session_that_never_was_writes_nothing(shared_store: StoreFactory) -> None:
+    # Sign-out and the callback end whatever id the cookie holds: a client choosing ids must not be
+    # able to make the store keep a key per id.
+    sessions = SessionRecords(shared_store(), idle=60, max_age=600)
+    for made_up in ("never-made", "x" * 4000):
+        await sessions.end(made_up)
+        assert await sessions.store.get(f"session-ended:{digest(made_up)}") is None
+    await sessions.create("real", "alice", b"v")
+    await sessions.end("real")
+    assert await sessions.store.get(f"session-ended:{digest('real')}") is not None
