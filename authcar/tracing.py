@@ -4,7 +4,7 @@ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; read by the SDK's own standard varia
     SERVER  "GET"            the request as the client sent it: method, normalised path, status,
                              decision; continues the client's W3C `traceparent`
       INTERNAL "authenticate"  who is calling (and, as CLIENT children, the provider calls it made:
-                               JWKS fetches, introspection, the login's token calls)
+                               JWKS fetches, introspection, userinfo)
       INTERNAL "authorize"     the policy decision: matched rule, policy version
       CLIENT   "GET"           the exchange with the application, whose `traceparent` names it
 
