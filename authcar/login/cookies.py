@@ -58,12 +58,31 @@ class SidecarCookies:
                 kept_headers.append(b"; ".join(kept))
         return kept_headers
 
+    def login_names(self, cookie_headers: Iterable[bytes]) -> list[str]:
+        """The names of the login-state cookies the browser sent (one per sign-in not finished)."""
+        prefix = (self.session_name + "-login-").encode("ascii")
+        names = []
+        for header in cookie_headers:
+            for pair in header.split(b";"):
+                name = pair.partition(b"=")[0].strip()
+                if name.startswith(prefix) and OWN_VALUE.fullmatch(name.decode("latin-1")):
+                    names.append(name.decode("ascii"))
+        return names
+
     def set_cookie(self, name: str, value: str, *, max_age: int | None = None) -> bytes:
         """A Set-Cookie value for one of ours: HttpOnly, Path=/, no Domain (what `__Host-` requires),
-        Secure unless configured off, our SameSite; without max_age it ends with the browser session."""
+        Secure unless configured off, our SameSite; without max_age it ends with the browser session.
+
+        A login-state cookie is never SameSite=Strict: the provider's redirect to the callback is a
+        cross-site navigation, on which a Strict cookie is not sent, so no sign-in could finish. Lax
+        sends it on that top-level GET and nowhere a third party could use it (it is also signed,
+        bound to the state and used once)."""
         if not name.startswith(self.session_name) or not OWN_VALUE.fullmatch(value):
             raise ValueError("not one of the sidecar's cookies or values")
-        attributes = [f"{name}={value}", "Path=/", "HttpOnly", f"SameSite={self.samesite}"]
+        samesite = self.samesite
+        if samesite == "Strict" and name.startswith(self.session_name + "-login-"):
+            samesite = "Lax"
+        attributes = [f"{name}={value}", "Path=/", "HttpOnly", f"SameSite={samesite}"]
         if self.secure:
             attributes.append("Secure")
         if max_age is not None:

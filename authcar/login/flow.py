@@ -70,6 +70,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 SESSION_TOKEN_SLOT = "authcar.session_access_token"  # noqa: S105 (a scope key, not a secret); scope key: the session's token, for the app
 ACCESS_TOKEN_HEADER = b"x-auth-request-access-token"
 SIGN_IN_CODES = frozenset({"no_credentials", "session_ended"})
+MAX_PENDING_LOGINS = 5  # login-state cookies a browser keeps (tabs signing in at once)
 SIGN_IN_HEADER = b"x-auth-request-sign-in"  # forward-auth: where the gateway sends the browser
 
 
@@ -362,6 +363,15 @@ class BrowserLogin:
             metadata = self.provider.endpoints()
         except LoginFailed:
             return self.page_error(request, 503, "The sign-in service cannot be reached. Try again shortly.")
+        # Each unfinished sign-in leaves its cookie for its lifetime; a page (or a site linking
+        # here) that starts many would fill the Cookie header until every request is 431. Past a
+        # few, the old attempts are forgotten: such a tab starts again.
+        stale = self.cookies.login_names(
+            value for name, value in request.scope["headers"] if name == b"cookie"
+        )
+        forget = (
+            [self.cookies.clear_cookie(name) for name in stale] if len(stale) >= MAX_PENDING_LOGINS else []
+        )
         attempt = self.sealer.begin(target)
         location = authorization_url(
             metadata.authorization_endpoint or "",
@@ -372,7 +382,7 @@ class BrowserLogin:
         )
         name = cookie_name(self.cookies.session_name, attempt.state)
         cookie = self.cookies.set_cookie(name, self.sealer.seal(attempt), max_age=int(self.sealer.lifetime))
-        return redirect(location, cookies=[cookie])
+        return redirect(location, cookies=[*forget, cookie])
 
     async def callback(self, request: Request) -> Response:
         query = request.scope.get("query_string", b"").decode("latin-1")

@@ -457,10 +457,28 @@ async def test_a_websocket_opened_with_the_session_is_its_identity_without_its_c
         session = http.cookies.get("authcar")
     cookie = f"theme=dark; authcar={session}; lang=en"
     url = sidecar.url.replace("http", "ws") + "/ws"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        async with client.ws_connect(url, headers={"Cookie": cookie}) as ws:
-            await ws.send_str("hi")
-            assert (await ws.receive()).data == "echo:hi"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client,
+        client.ws_connect(url, headers={"Cookie": cookie}) as ws,
+    ):
+        await ws.send_str("hi")
+        assert (await ws.receive()).data == "echo:hi"
     [handshake] = [seen for seen in upstream.seen if seen.raw_path == "/ws"]
     assert handshake.header("x-auth-request-user") == "alice"
     assert handshake.all("cookie") == ["theme=dark; lang=en"]
+
+
+async def test_unfinished_sign_ins_cannot_fill_the_cookie_header(idp: IdP, sidecar: RunningSidecar) -> None:
+    # A page (or a site linking here) can start sign-in after sign-in; each leaves a cookie for ten
+    # minutes. Past a few, /oauth2/start forgets the old ones, so the browser's Cookie header stays
+    # small, and the newest attempt still signs in.
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(40):
+            start = await http.get(sidecar.url + "/oauth2/start?rd=/x")
+            assert start.status_code == 302
+        pending = [name for name in http.cookies if "-login-" in name]
+        assert 1 <= len(pending) <= 5
+        provider = await http.get(start.headers["location"])
+        back = await http.get(provider.headers["location"])
+        assert back.status_code == 302
+        assert back.headers["location"] == "/x"

@@ -56,6 +56,26 @@ def test_our_cookies_never_reach_the_application(headers: list[bytes], forwarded
     assert COOKIES.without_ours(headers) == forwarded
 
 
+def test_a_login_state_cookie_is_lax_even_when_the_session_cookie_is_strict() -> None:
+    # The provider's redirect to the callback is cross-site: a Strict state cookie would not come
+    # back with it and no sign-in could finish.
+    strict = SidecarCookies("__Host-authcar", secure=True, samesite="strict")
+    assert b"SameSite=Strict" in strict.set_cookie("__Host-authcar", "sid")
+    login = strict.set_cookie(strict.login_name("0123456789abcdef"), "v1.x.y", max_age=600)
+    assert b"SameSite=Lax" in login
+    assert b"SameSite=Strict" not in login
+    none = SidecarCookies("__Host-authcar", secure=True, samesite="none")
+    assert b"SameSite=None" in none.set_cookie(none.login_name("0123456789abcdef"), "v1.x.y")
+
+
+def test_login_state_cookies_are_found_by_their_exact_prefix() -> None:
+    headers = [
+        b"__Host-authcar-login-aaaa=1; __Host-authcar=sid; other-login-bbbb=2",
+        b"__Host-authcar-login-cccc=3",
+    ]
+    assert COOKIES.login_names(headers) == ["__Host-authcar-login-aaaa", "__Host-authcar-login-cccc"]
+
+
 def test_set_cookie_has_what_the_host_prefix_requires() -> None:
     assert COOKIES.set_cookie("__Host-authcar", "abc", max_age=60) == (
         b"__Host-authcar=abc; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"
