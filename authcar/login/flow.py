@@ -46,7 +46,7 @@ from authcar.login.backchannel import BackChannelLogout
 from authcar.login.callback import CallbackRefused, parse_callback
 from authcar.login.cookies import SidecarCookies
 from authcar.login.navigation import is_page_load, return_to
-from authcar.login.pages import PAGE_HEADERS, error_page, signed_out_page
+from authcar.login.pages import PAGE_HEADERS, continue_page, error_page, signed_out_page
 from authcar.login.provider import LoginFailed, LoginProvider, TokenAnswer
 from authcar.login.redirects import RedirectPolicy
 from authcar.login.refresh import refresh_due
@@ -435,6 +435,8 @@ class BrowserLogin:
             return self.page_error(request, 502, "Sign-in could not be completed.", cookies=[clear_state])
         log.info("login", extra={"subject": session.subject})
         session_cookie = self.cookies.set_cookie(self.cookies.session_name, session_id)
+        if self.cookies.samesite == "Strict":
+            return html(200, continue_page(attempt.return_to), cookies=[clear_state, session_cookie])
         return redirect(attempt.return_to, cookies=[clear_state, session_cookie])
 
     async def sign_in(self, code: str, verifier: str, nonce: str) -> BrowserSession:

@@ -73,3 +73,19 @@ def error_page(status: int, message: str, *, request_id: str, retry_path: str = 
 
 def signed_out_page(sign_in_path: str = "/") -> bytes:
     return page("Signed out", ["You are signed out."], link=("Sign in again", sign_in_path))
+
+
+def continue_page(target: str) -> bytes:
+    """Signed in: on to `target` (already held to the redirect policy) from this page, for
+    AUTHCAR_COOKIE_SAMESITE=strict. The provider's redirect to the callback is a cross-site
+    navigation, and a 302 onward would stay one: a Strict session cookie would not be sent with it
+    and the browser would be asked to sign in again. A navigation this page starts is our own
+    site's, so the cookie goes with it. A refresh, not a script, so the page's CSP stays as it is."""
+    href = escape(target, quote=True)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="0;url={href}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>Signed in</title><style>{STYLE}</style></head>"
+        f'<body><main><h1>Signed in</h1><p><a href="{href}">Continue</a></p></main></body></html>'
+    ).encode()

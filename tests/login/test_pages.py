@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from authcar.login.pages import PAGE_HEADERS, STYLE, error_page, page, signed_out_page
+from authcar.login.pages import PAGE_HEADERS, STYLE, continue_page, error_page, page, signed_out_page
 from tests.support.browser import headless_chromium
 from tests.support.threaded_http import QuietHandler, serve_in_thread
 
@@ -61,6 +61,15 @@ def test_pages_are_self_contained_and_have_the_accessible_basics(name: str) -> N
         assert "src" not in attrs
         assert not [k for k in attrs if k.startswith("on")]  # no inline handlers
         assert attrs.get("href") is None or str(attrs["href"]).startswith("/")
+
+
+def test_the_continue_page_escapes_its_target() -> None:
+    # rd may hold any printable ASCII but a backslash (authcar/login/redirects.py): quotes and
+    # angle brackets included.
+    body = continue_page("/books?q=\"><script>alert(1)</script>&x='y'").decode()
+    assert "<script>" not in body
+    assert 'content="0;url=/books?q=&quot;&gt;&lt;script&gt;' in body
+    assert "&#x27;y&#x27;" in body
 
 
 def test_everything_shown_is_escaped() -> None:
