@@ -93,6 +93,8 @@ class Sidecar:
             from authcar.login.setup import build_login
 
             self.login = build_login(settings, self.authentication, self.store)
+            if self.login is not None:
+                self.upstream.own_cookie = self.login.cookies.is_ours
         self.revocations = RevocationList(
             self.store, fail_open=settings.revocation_fail_open, metrics=self.metrics
         )

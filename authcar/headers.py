@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from authcar.errors import BadRequest
@@ -452,11 +452,19 @@ def parse_content_length(value: bytes) -> int:
     return int(text)
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes, *, body: bool = True) -> Headers:
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    request_id: bytes,
+    *,
+    body: bool = True,
+    own_cookie: Callable[[bytes], bool] | None = None,
+) -> Headers:
     """Upstream response headers minus hop-by-hop ones (and those the upstream named in Connection).
 
     `body=False` is for statuses that never have one (1xx, 204, 304): their Content-Length, legal on
     a 304, would make the server wait for body bytes that never come and drop the connection.
+    `own_cookie` (browser login): a Set-Cookie whose name it claims is dropped, so the application
+    cannot set the sidecar's session or login-state cookie (a session of someone else's choosing).
     Raises InvalidResponseHeader for a value the server would refuse to write.
     """
     named: frozenset[bytes] = frozenset()
@@ -473,6 +481,8 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: bytes, *, b
             if codings > 1 or value.strip().lower() != b"chunked":
                 raise InvalidResponseHeader(lower.decode("latin-1"))
         if lower in RESPONSE_DROP or (not body and lower == b"content-length"):
+            continue
+        if own_cookie is not None and lower == b"set-cookie" and own_cookie(value.partition(b"=")[0]):
             continue
         if FIELD_VALUE_CONTROL(value):
             raise InvalidResponseHeader(lower.decode("latin-1"))

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -143,6 +143,8 @@ class Upstream:
         self.max_header_bytes = max_header_bytes
         self.pool: ConnectionPool | None = None
         self.session: aiohttp.ClientSession | None = None
+        # Browser login's: which Set-Cookie names the application may not set (None: login off).
+        self.own_cookie: Callable[[bytes], bool] | None = None
 
     async def start(self) -> None:
         self.pool = ConnectionPool(
@@ -273,7 +275,9 @@ class Upstream:
             # request and codes outside 2xx-5xx cannot be relayed.
             if not 200 <= status <= 599:
                 raise InvalidResponseHeader(":status")
-            headers = response_headers(response.headers, request_id, body=has_body)
+            headers = response_headers(
+                response.headers, request_id, body=has_body, own_cookie=self.own_cookie
+            )
         except InvalidResponseHeader:
             # Checked before anything is sent, while a 502 can still be answered.
             response.close()

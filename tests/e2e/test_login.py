@@ -482,3 +482,19 @@ async def test_unfinished_sign_ins_cannot_fill_the_cookie_header(idp: IdP, sidec
         back = await http.get(provider.headers["location"])
         assert back.status_code == 302
         assert back.headers["location"] == "/x"
+
+
+async def test_the_application_cannot_set_the_sidecars_cookies(idp: IdP, sidecar: RunningSidecar) -> None:
+    # An application (or a header injection in it) setting the session cookie would sign the browser
+    # in as a session of someone else's choosing; its own cookies pass.
+    async with httpx.AsyncClient(timeout=10) as http:
+        await sign_in(http, sidecar, "/")
+        values = [
+            "authcar=attacker-session-id-0123456789abcdef; Path=/",
+            "authcar-login-0123456789abcdef=v1.x.y; Path=/",
+            "AUTHCAR=x",
+            "theme=dark; Path=/",
+        ]
+        answer = await http.get(sidecar.url + "/set-cookie", params=[("c", v) for v in values], headers=PAGE)
+    assert answer.status_code == 200
+    assert answer.headers.get_list("set-cookie") == ["theme=dark; Path=/"]

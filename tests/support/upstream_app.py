@@ -213,6 +213,13 @@ def make_app(
             },
         )
 
+    async def set_cookies(request: web.Request) -> web.Response:
+        # Each `c` query parameter becomes one Set-Cookie header of the answer, as given.
+        response = web.Response(text="cookies")
+        for value in request.query.getall("c", []):
+            response.headers.add("Set-Cookie", value)
+        return response
+
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"))
         await ws.prepare(request)
@@ -236,6 +243,7 @@ def make_app(
     app.router.add_route("*", "/abort", abort)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/set-cookie", set_cookies)
     app.router.add_get("/ws", websocket)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
