@@ -192,6 +192,10 @@ class BrowserLogin:
         session_id = self.session_id(scope["headers"])
         if session_id is None:
             return None
+        if scope["type"] == "websocket" and not self.same_origin(scope["headers"]):
+            # A page on another site can open a WebSocket here, and with SameSite=None the browser
+            # sends our cookie along (cross-site WebSocket hijacking): only our own pages' may.
+            return None
         session = await self.load(session_id)
         if session is None:
             return None
@@ -205,6 +209,17 @@ class BrowserLogin:
         if self.options.pass_access_token:
             scope[SESSION_TOKEN_SLOT] = session.access_token
         return identity
+
+    def same_origin(self, headers: Headers) -> bool:
+        """The handshake's Origin is ours or an AUTHCAR_ALLOWED_REDIRECT_HOSTS origin; a client
+        that sends none is no browser page."""
+        origins = [value for name, value in headers if name == b"origin"]
+        if not origins:
+            return True
+        if len(origins) != 1:
+            return False
+        origin = origins[0].decode("latin-1")
+        return "/" not in origin.partition("://")[2] and self.redirects.allows(origin + "/")
 
     async def load(self, session_id: str) -> BrowserSession | None:
         try:

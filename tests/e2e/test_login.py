@@ -498,3 +498,43 @@ async def test_the_application_cannot_set_the_sidecars_cookies(idp: IdP, sidecar
         answer = await http.get(sidecar.url + "/set-cookie", params=[("c", v) for v in values], headers=PAGE)
     assert answer.status_code == 200
     assert answer.headers.get_list("set-cookie") == ["theme=dark; Path=/"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "admitted"),
+    [
+        (None, True),  # no browser page: a program with the cookie
+        ("{own}", True),
+        ("https://evil.example", False),
+        ("null", False),  # a sandboxed frame or a file: page
+        ("{own}.evil.example", False),
+        ("{own}/path", False),  # an Origin carries no path
+    ],
+)
+async def test_a_websocket_from_another_sites_page_does_not_get_the_session(
+    idp: IdP, sidecar: RunningSidecar, upstream: RunningUpstream, origin: str | None, admitted: bool
+) -> None:
+    # With SameSite=None a browser sends our cookie on a cross-site WebSocket handshake: a page on
+    # another site could talk to the application as the signed-in person (CSWSH).
+    import aiohttp
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        await sign_in(http, sidecar, "/")
+        session = http.cookies.get("authcar")
+    headers = {"Cookie": f"authcar={session}"}
+    if origin is not None:
+        headers["Origin"] = origin.format(own=sidecar.url)
+    upstream.seen.clear()
+    url = sidecar.url.replace("http", "ws") + "/ws"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        if admitted:
+            async with client.ws_connect(url, headers=headers) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive()).data == "echo:hi"
+            [handshake] = upstream.seen
+            assert handshake.header("x-auth-request-user") == "alice"
+        else:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect(url, headers=headers)
+            assert refused.value.status == 401
+            assert upstream.seen == []
