@@ -76,6 +76,25 @@ def test_refinements_without_a_url_do_nothing_and_say_so(tmp_path: Path) -> None
     assert "redis_key_prefix" not in warned  # left at its default
 
 
+def test_a_timeout_that_breaks_the_revocation_promise_is_a_warning() -> None:
+    from authcar.config.validation.store import PROMPT_TIMEOUT
+    from authcar.revocation import POLL_INTERVAL, PROMISE, worst_delay
+
+    # The threshold is the slowest call the revocation list's one-second promise survives.
+    assert (
+        worst_delay(POLL_INTERVAL, PROMPT_TIMEOUT)
+        <= PROMISE
+        < worst_delay(POLL_INTERVAL, PROMPT_TIMEOUT * 1.01)
+    )
+    url = {"AUTHCAR_REDIS_URL": "redis://redis:6379"}
+    at_bound = load_settings({}, environ={**BASE, **url, "AUTHCAR_REDIS_TIMEOUT": "0.25"})
+    assert not [w for w in at_bound.warnings if w.setting == "redis_timeout"]
+    slow = load_settings({}, environ={**BASE, **url, "AUTHCAR_REDIS_TIMEOUT": "0.5"})
+    [warning] = [w for w in slow.warnings if w.setting == "redis_timeout"]
+    assert "revocation_unavailable" in warning.message
+    assert "AUTHCAR_REVOCATION_FAIL_OPEN" in warning.message
+
+
 def test_the_settings_build_the_store_they_describe(tmp_path: Path) -> None:
     password_file = tmp_path / "redis-password"
     password_file.write_text("from-a-file\n")

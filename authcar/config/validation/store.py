@@ -46,9 +46,26 @@ def validate_store(s: Settings) -> list[Problem]:
     return problems
 
 
+# The slowest store call that still lets a revocation reach every replica within its one second
+# (authcar/revocation.py's worst_delay with its 0.25 s poll: a refresh is two calls, seen by the
+# next refresh after the write; tests/config/test_store_settings.py checks the two agree).
+PROMPT_TIMEOUT = 0.25
+
+
 def store_warnings(s: Settings) -> list[Problem]:
     if s.redis_url is not None:
-        return []
+        if s.redis_timeout <= PROMPT_TIMEOUT:
+            return []
+        return [
+            problem(
+                "redis_timeout",
+                f"{s.redis_timeout:g} s per call is more than the {PROMPT_TIMEOUT:g} s that lets a"
+                " revocation reach every replica within a second: a Redis that slow leaves the list"
+                " unconfirmed, and requests then get 503 revocation_unavailable (or pass, with"
+                f" {env_name('revocation_fail_open')}=true)",
+                ("revocation_fail_open",),
+            )
+        ]
     return [
         problem(
             name, f"has no effect without {env_name('redis_url')} (the store is in memory)", ("redis_url",)
