@@ -17,7 +17,7 @@ global one.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -41,11 +41,8 @@ from authcar.types import Headers, Scope
 if TYPE_CHECKING:
     from authcar.observe import Metrics
 
-log = logging.getLogger("authcar.tracing")
-
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
-SHUTDOWN_TIMEOUT_MS = 5000  # at exit, what is queued gets this long to leave
 SPAN_SLOT = "authcar.trace"  # httpx request extension: the client span of a provider call
 # W3C Trace Context 3.3: what a tracestate may hold. The SDK logs a warning quoting every header that
 # breaks these rules (or is too long), so a client could write a line of its choosing into our log
@@ -129,17 +126,19 @@ def quiet_tracestate(values: list[str]) -> bool:
     return len(keys) <= MAX_TRACESTATE_MEMBERS
 
 
+def address_of(url: httpx.URL) -> dict[str, Any]:
+    """The semantic conventions' server.address and server.port of a URL (its scheme's default port
+    when it names none)."""
+    return {"server.address": url.host, "server.port": url.port or (443 if url.scheme == "https" else 80)}
+
+
 class Tracing:
     """One per process: the provider, its exporter, and what the request path calls."""
 
     def __init__(self, provider: TracerProvider, upstream_url: str) -> None:
         self.provider = provider
         self.upstream_url = upstream_url.rstrip("/")
-        upstream = httpx.URL(upstream_url)
-        self.upstream_address = {
-            "server.address": upstream.host,
-            "server.port": upstream.port or (443 if upstream.scheme == "https" else 80),
-        }
+        self.upstream_address = address_of(httpx.URL(upstream_url))
         self.tracer = provider.get_tracer("authcar", __version__)
         self.propagator = TraceContextTextMapPropagator()
         self.getter = HeaderGetter()
@@ -187,8 +186,7 @@ class Tracing:
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": request.method,
-                "server.address": url.host,
-                "server.port": url.port or (443 if url.scheme == "https" else 80),
+                **address_of(url),
                 "url.full": str(url.copy_with(query=None)),  # a query may carry credentials
             },
         )
@@ -202,8 +200,6 @@ class Tracing:
             span.end()
 
     async def close(self) -> None:
-        import asyncio
-
         # Flushing waits on the exporter's thread: not on the event loop.
         await asyncio.to_thread(self.provider.shutdown)
 

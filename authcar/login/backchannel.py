@@ -82,14 +82,11 @@ class BackChannelLogout:
             asked = check_logout_token(
                 claims, client_id=self.provider.client_id, now=self.clock(), leeway=leeway
             )
-        except TokenRejected as exc:
+        except (TokenRejected, LoginTokenRejected) as exc:
             if exc.reason == "keys_unavailable":
                 raise ServiceUnavailable(
                     "the provider's keys are not known yet", code="keys_unavailable"
                 ) from None
-            log.warning("backchannel_logout_refused", extra={"reason": exc.reason})
-            raise BadRequest("the logout token is not valid", code="invalid_logout_token") from None
-        except LoginTokenRejected as exc:
             log.warning("backchannel_logout_refused", extra={"reason": exc.reason})
             raise BadRequest("the logout token is not valid", code="invalid_logout_token") from None
         marker = "logout-jti:" + digest(f"{self.provider.issuer.url} {asked.jti}")
