@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from authcar.store import StoreUnavailable
-from tests.e2e.test_login import PAGE, free_port, login_settings, sign_in, wait_for_login
+from tests.e2e.test_login import PAGE, login_settings, sign_in
 from tests.idp import IdP, run_idp
+from tests.support.login import free_port, wait_for_login
 from tests.support.sidecar import RunningSidecar, start_sidecar
 from tests.support.upstream_app import RunningUpstream
 
@@ -31,7 +32,7 @@ async def idp() -> AsyncIterator[IdP]:
 async def sidecar(idp: IdP, upstream: RunningUpstream) -> AsyncIterator[RunningSidecar]:
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         yield running
 
 

@@ -8,7 +8,6 @@ without a session.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -16,17 +15,12 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import pytest
 
+from tests.support.login import free_port
 from tests.support.nginx import RunningNginx, main_conf, running_nginx
 from tests.support.property_stack import ThreadedStack, threaded_stack
 
 SECRET = "forward-auth-login-cookie-secret-0123456789"
 PAGE = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gateway_conf(prefix: Path, port: int, sidecar_port: int, upstream_port: int) -> str:

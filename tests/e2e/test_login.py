@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.idp import IdP, run_idp
+from tests.support.login import free_port, wait_for_login
 from tests.support.sidecar import RunningSidecar, start_sidecar
 from tests.support.upstream_app import RunningUpstream
 
@@ -45,30 +46,12 @@ def login_settings(idp: IdP, port: int, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def sidecar(idp: IdP, upstream: RunningUpstream) -> AsyncIterator[RunningSidecar]:
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         yield running
-
-
-async def wait_for_login(running: RunningSidecar) -> None:
-    """Discovery runs in the background: /oauth2/start answers 302 once the provider is known."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        for _ in range(500):
-            if (await http.get(f"{running.url}/oauth2/start")).status_code == 302:
-                return
-            await asyncio.sleep(0.01)
-    raise AssertionError("login never became ready")
 
 
 async def sign_in(http: httpx.AsyncClient, sidecar: RunningSidecar, target: str) -> httpx.Response:
@@ -291,7 +274,7 @@ async def test_a_userinfo_that_misbehaves_leaves_the_id_tokens_claims(
 async def test_pass_access_token_gives_the_app_the_session_token(idp: IdP, upstream: RunningUpstream) -> None:
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port, pass_access_token=True)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=10) as http:
             await sign_in(http, running, "/")
             # A client's own header of that name never reaches the app.
@@ -306,7 +289,7 @@ async def test_concurrent_requests_refresh_once_and_a_refused_refresh_ends_the_s
     idp.token_lifetime = 2  # the refresh margin is a fifth of it: due 1.6 s after sign-in
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=10) as http:
             await sign_in(http, running, "/")
             await asyncio.sleep(1.7)
@@ -333,7 +316,7 @@ async def test_a_provider_without_introspection_becomes_ready_and_signs_people_i
     idp.raw_answers["discovery"] = json.dumps(discovery).encode()
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=10) as http:
             for _ in range(500):
                 ready = await http.get(running.admin_url + "/readyz")
@@ -366,7 +349,7 @@ async def test_a_session_ended_while_its_refresh_is_under_way_stays_ended(
     idp.token_lifetime = 2
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=30) as http:
             await sign_in(http, running, "/")
             session = http.cookies.get("authcar")
@@ -403,7 +386,7 @@ async def test_a_refresh_keeps_the_claims_only_userinfo_gave(idp: IdP, upstream:
     idp.token_lifetime = 2
     port = free_port()
     async with start_sidecar(upstream.url, **login_settings(idp, port)) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=10) as http:
             await sign_in(http, running, "/before")
             await asyncio.sleep(1.7)  # the refresh is due
@@ -430,7 +413,7 @@ async def test_a_session_whose_claims_the_policy_cannot_read_passes_nothing_of_i
     port = free_port()
     settings = login_settings(idp, port, allow_anonymous=True, pass_access_token=True)
     async with start_sidecar(upstream.url, **settings) as running:
-        await wait_for_login(running)
+        await wait_for_login(running.url)
         async with httpx.AsyncClient(timeout=10) as http:
             answer = await http.get(running.url + "/oauth2/start?rd=/anonymous")
             answer = await http.get(answer.headers["location"])

@@ -23,9 +23,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.test_login import free_port, login_settings, wait_for_login
+from tests.e2e.test_login import login_settings
 from tests.idp import IdP, run_idp
 from tests.support.browser import WAIT_TIMEOUT, clear_browser_state, headless_chromium, wait_for_url
+from tests.support.login import free_port, wait_for_login
 from tests.support.recording_upstream import ReceivedRequest, RecordingUpstream, serve_recording
 from tests.support.sidecar import RunningSidecar, start_sidecar
 
@@ -67,7 +68,7 @@ async def serving(loop: asyncio.AbstractEventLoop) -> AsyncIterator[Stack]:
             post_logout_redirect_url=f"http://127.0.0.1:{port}/oauth2/sign_out",
         )
         async with start_sidecar(upstream.url, **settings) as sidecar:
-            await wait_for_login(sidecar)
+            await wait_for_login(sidecar.url)
             yield Stack(idp, upstream, sidecar, loop)
 
 

@@ -13,11 +13,9 @@ would stall one in the test's event loop), the sidecars, the upstream and Redis.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -25,6 +23,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from tests.faults.misbehaving import MisbehavingUpstream, misbehaving_upstream
 from tests.idp import IdPClient, idp_process
 from tests.support.browser import clear_browser_state, headless_chromium, wait_for_url
+from tests.support.login import free_port, wait_for_login_blocking
 from tests.support.process import SidecarProcess, start_sidecar_process
 from tests.support.redis_servers import redis_server_binary, standalone
 
@@ -37,12 +36,6 @@ class Deployment:
     upstream: MisbehavingUpstream
     a: SidecarProcess
     b: SidecarProcess
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +73,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             for port in (port_a, port_b):
                 started.append(start_sidecar_process(workdir, {**base, "AUTHCAR_PORT": str(port)}))
             for replica in started:
-                ready(replica)
+                wait_for_login_blocking(replica.url)
             yield Deployment(idp.client, upstream, started[0], started[1])
         finally:
             for replica in started:
                 replica.stop()
-
-
-def ready(replica: SidecarProcess) -> None:
-    """Discovery runs in the background: /oauth2/start answers 302 once the provider is known."""
-    for _ in range(500):
-        if httpx.get(f"{replica.url}/oauth2/start", timeout=10).status_code == 302:
-            return
-    raise AssertionError("login never became ready")
 
 
 def sign_in_page(browser: WebDriver, deployment: Deployment) -> None:

@@ -14,8 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.test_login import free_port, login_settings
+from tests.e2e.test_login import login_settings
 from tests.idp import IdP, run_idp
+from tests.support.login import free_port, wait_for_login
 from tests.support.sidecar import RunningSidecar, start_sidecar
 from tests.support.upstream_app import RunningUpstream
 
@@ -39,10 +40,7 @@ async def sidecar(idp: IdP, upstream: RunningUpstream) -> AsyncIterator[RunningS
         idp, free_port(), oidc_redirect_url=CALLBACK, allowed_redirect_hosts=ALLOWED_HOSTS
     )
     async with start_sidecar(upstream.url, **settings) as running:
-        async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(500):
-                if (await http.get(f"{running.url}/oauth2/start")).status_code == 302:
-                    break
+        await wait_for_login(running.url)
         yield running
 
 

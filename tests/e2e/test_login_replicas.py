@@ -7,15 +7,15 @@ fail closed: 503, nothing forwarded, sign-out refuses to pretend."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_login import PAGE, SECRET, login_settings, sign_in, wait_for_login
+from tests.e2e.test_login import PAGE, SECRET, login_settings, sign_in
 from tests.idp import IdP, run_idp
+from tests.support.login import free_port, wait_for_login
 from tests.support.process import SidecarProcess, start_sidecar_process
 from tests.support.redis_servers import Standalone, standalone
 from tests.support.sidecar import start_sidecar
@@ -28,12 +28,6 @@ API = {"Accept": "application/json"}
 async def idp() -> AsyncIterator[IdP]:
     async with run_idp() as provider:
         yield provider
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -67,20 +61,11 @@ async def replicas(
     )
     try:
         for replica in started:
-            await ready(replica)
+            await wait_for_login(replica.url)
         yield started[0], started[1]
     finally:
         for replica in started:
             replica.stop()
-
-
-async def ready(replica: SidecarProcess) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
-        for _ in range(500):
-            if (await http.get(f"{replica.url}/oauth2/start")).status_code == 302:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError("login never became ready")
 
 
 async def sign_in_across(
@@ -165,7 +150,7 @@ async def test_sessions_fail_closed_while_redis_is_down(
     with standalone(tmp_path) as redis:
         settings = login_settings(idp, free_port(), redis_url=redis.url)
         async with start_sidecar(upstream.url, **settings) as sidecar:
-            await wait_for_login(sidecar)
+            await wait_for_login(sidecar.url)
             async with httpx.AsyncClient(timeout=10) as http:
                 assert (await sign_in(http, sidecar, "/")).status_code == 200
                 upstream.seen.clear()

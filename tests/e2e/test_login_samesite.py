@@ -6,11 +6,9 @@ value, choosing a user ends on the page asked for, signed in, and a reload stays
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -18,15 +16,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from tests.faults.misbehaving import MisbehavingUpstream, misbehaving_upstream
 from tests.idp import IdPClient, idp_process
 from tests.support.browser import clear_browser_state, headless_chromium, wait_for_url
+from tests.support.login import free_port, wait_for_login_blocking
 from tests.support.process import SidecarProcess, start_sidecar_process
 
 SECRET = "samesite-cookie-secret-0123456789abcdefgh"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +62,12 @@ def start(
         "AUTHCAR_SHUTDOWN_GRACE_PERIOD": "1",
     }
     sidecar = start_sidecar_process(tmp_path, env)
-    for _ in range(500):
-        if httpx.get(f"{sidecar.url}/oauth2/start", timeout=10).status_code == 302:
-            return sidecar
-    sidecar.stop()
-    raise AssertionError("login never became ready")
+    try:
+        wait_for_login_blocking(sidecar.url)
+    except AssertionError:
+        sidecar.stop()
+        raise
+    return sidecar
 
 
 @pytest.mark.parametrize("samesite", ["lax", "strict"])
