@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -369,12 +370,15 @@ def start_authcar(
     redis: bool = False,
     limits: bool = False,
     tracing: float | None = None,
+    server: str = "authcar",
 ) -> Target:
     """mode: anonymous (no extra header), pad (X-Pad as long as the token header), jwt, first-seen.
 
     With `rules`, the full pipeline (bench/pipeline.py): a policy of that many rules, identity
     headers, the signed assertion and the JSON access log; `workers` and a Redis store on top, and
     with `limits` a rate limit and a revocation list (bench/pipeline.py's `limits_env`).
+    `server`: "authcar" (`authcar run`: uvicorn with authcar's protocol) or one of
+    bench/asgi_servers.py's, serving the same gate without an admin listener.
     """
     check_authcar_importable()
     port, admin_port = free_port(), free_port()
@@ -404,6 +408,8 @@ def start_authcar(
         logged = True  # the access log goes to /dev/null below
     # Logged: the per-request JSON access log is written (cost measured) but discarded.
     log = None if logged else ctx.tmp / f"authcar-{mode}.log"
+    if server != "authcar":
+        return start_other_server(ctx, server, env, port, log)
     proc = ctx.children.spawn([sys.executable, "-m", "authcar", "run"], env=env, cwd=REPO_DIR, log=log)
     admin = f"http://127.0.0.1:{admin_port}"
     # With an issuer, /readyz also waits for the signing keys: the first token must not hit a 401.
@@ -434,6 +440,33 @@ def start_authcar(
         state = ctx.tmp / f"first-seen-state-{port}.txt"
         target.script_args = (str(kit.tokens_file), str(ctx.threads), str(state))
     return target
+
+
+def start_other_server(ctx: Context, server: str, env: dict[str, str], port: int, log: Path | None) -> Target:
+    """The full pipeline's gate under another ASGI server (bench/asgi_servers.py), ready once the
+    repeated token is answered 200 (no admin listener: no metrics for this row)."""
+    module = "uvicorn" if server == "uvicorn-stock" else server
+    if importlib.util.find_spec(module) is None:
+        raise BenchError(f"skipped: {module} not installed (.venv/bin/pip install {module})")
+    kit = ctx.tokens
+    assert kit is not None
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(BENCH_DIR), env.get("PYTHONPATH"))))}
+    argv = [sys.executable, str(BENCH_DIR / "asgi_servers.py"), server, str(port)]
+    proc = ctx.children.spawn(argv, env=env, cwd=REPO_DIR, log=log)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"{server} exited with code {proc.returncode} before ready")
+        try:
+            if http_get(url, timeout=1.0, headers=dict([kit.auth_header]))[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"{server} serving the gate did not answer 200 within 30 s")
+        time.sleep(0.1)
+    return Target(url, proc, headers=(kit.auth_header,), verifies_tokens=True)
 
 
 def revoke_others(admin: str, token: str) -> None:
@@ -515,6 +548,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         needs_tokens=True,
         python=True,
         workloads=WORKLOADS,
+    ),
+    *(
+        Scenario(
+            f"server-{server}",
+            f"the full pipeline's gate under {server} instead of authcar's protocol on uvicorn"
+            " (bench/asgi_servers.py; no admin listener)",
+            lambda c, server=server: start_authcar(c, mode="jwt", rules=FULL_PIPELINE_RULES, server=server),
+            needs_tokens=True,
+            python=True,
+        )
+        for server in ("uvicorn-stock", "hypercorn", "granian")
     ),
     Scenario(
         "authcar-full-first-seen",
